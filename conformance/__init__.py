@@ -15,6 +15,7 @@ Importing this package never imports torch (torch targets import it on use).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 _EXPORTS = {
     "check": "harness", "assert_conforms": "harness", "NonConformant": "harness", "CheckReport": "harness",
@@ -35,6 +36,8 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     module = _EXPORTS.get(name)
+    if module is None and not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a public submodule, e.g. ``harness``
     if module is None:
         raise AttributeError(f"module 'rankspec.conformance' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -35,7 +35,10 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-DEFAULT_TOLERANCES = {"float32": (1e-5, 1e-4), "float64": (1e-9, 1e-7)}
+from ._constants import DEFAULT_TOLERANCES
+
+__all__ = ["DEFAULT_TOLERANCES", "Tolerance", "Comparison", "base_tolerance", "case_tolerance", "compare",
+           "failed_call"]
 _TINY = 1e-300
 
 

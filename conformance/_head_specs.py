@@ -37,6 +37,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._constants import GRAD_OUTPUTS
+
 __all__ = ["SCENARIOS", "SCENARIO_HELP", "HeadCase", "HeadPipeline", "Dense2DPipeline", "SSD3DPipeline", "PIPELINES",
            "get_pipeline"]
 
@@ -47,7 +49,6 @@ SCENARIO_HELP = {
     "crowded": "boxes clustered around one or two points, overlapping each other",
     "mixed": "the first image has no box, the others a few",
 }
-GRAD_OUTPUTS = (1.0, 2.0, 0.5, -1.5)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,37 @@
-"""Copy-pasteable Python reproducers for counterexamples."""
+"""Copy-pasteable Python reproducers for counterexamples: the sections every kind of case fills, and rendering."""
 
 from __future__ import annotations
 
-import re
 import sys
+from dataclasses import dataclass, field
+from typing import List
 
 import numpy as np
 
+__all__ = ["Script", "render", "array_literal", "summary_lines"]
+
+
+#: arrays with more elements than this are written compressed (zlib + base64) instead of as a list
+LITERAL_LIMIT = 256
+
 
 def array_literal(a: np.ndarray, name: str = "") -> str:
-    """``np.array([...], dtype=np.float32)`` that rebuilds ``a`` exactly (``name = `` prefix aligns lines)."""
+    """``np.array([...], dtype=np.float32)`` that rebuilds ``a`` exactly (``name = `` prefix aligns lines).
+
+    Arrays above :data:`LITERAL_LIMIT` elements become one compressed expression (zlib + base64 of the raw
+    bytes; shrunk inputs have few distinct values, so this stays small) instead of a literal list.
+    """
     a = np.asarray(a)
+    if a.size > LITERAL_LIMIT:
+        import base64
+        import zlib
+
+        raw = np.ascontiguousarray(a)
+        blob = base64.b64encode(zlib.compress(raw.tobytes(), 9)).decode("ascii")
+        lines = [blob[k:k + 96] for k in range(0, len(blob), 96)]
+        body = "\n    ".join(f'"{line}"' for line in lines)
+        return (f"np.frombuffer(__import__('zlib').decompress(__import__('base64').b64decode(\n    {body})),\n"
+                f"    dtype=np.{raw.dtype}).reshape({tuple(raw.shape)!r}).copy()  # {a.size} values, compressed")
     prefix = f"{name} = np.array(" if name else "np.array("
     body = np.array2string(a, separator=", ", floatmode="unique", threshold=sys.maxsize, max_line_width=100,
                            prefix=prefix)
@@ -22,56 +43,23 @@ def _short(a: np.ndarray, prefix: str) -> str:
                                     max_line_width=100, prefix=prefix)
 
 
-def reproducer(spec, target, case, expected, outcome, tolerance, failure_message: str = "") -> str:
-    """A self-contained script that recomputes the reference and calls the target on ``case``."""
-    names = spec.argument_names if hasattr(spec, "argument_names") else ("logits", spec.labels_name)
-    opts = "".join(f", {k}={v!r}" for k, v in spec.fixed_kwargs.items())
-    g = float(case.grad_output) if target.uses_grad_output else 1.0
-    lines = [
-        f"# rankspec counterexample: loss {spec.name!r} ({spec.title}), {case.dtype}, shape {case.shape}",
-        f"# reference: {spec.qualname} ({spec.citation})",
-        f"# target: {target.name}  [call convention: {target.convention}]",
-        "import numpy as np",
-    ]
-    fn = spec.function_name
-    if re.search(rf"\b{re.escape(fn)}\b", target.import_code) or target.expr.split(".")[0] == fn:
-        ref = f"reference_{fn}"  # the target has the reference's name (e.g. a bundled adapter)
-        lines.append(f"from rankspec.refimpl import {fn} as {ref}")
-    else:
-        ref = fn
-        lines.append(f"from rankspec.refimpl import {fn}")
-    lines += target.import_code.splitlines()
-    lines.append("")
-    for name, arr in zip(names, case.arrays):
-        lines.append(f"{name} = {array_literal(arr, name)}")
-    if case.delta is not None:
-        lines.append(f"delta = {float(case.delta)!r}")
-    args = ", ".join(spec.call_arguments()) if hasattr(spec, "call_arguments") else f"logits, {names[1]}, delta"
-    lines += [
-        "",
-        f"expected = {ref}({args}{opts})  # the oracle (float64)",
-        "expected_grad = expected.grad" if g == 1.0 else f"expected_grad = {g!r} * expected.grad  # grad_output",
-    ]
-    grad_inputs = [i for i in getattr(spec, "grad_inputs", ()) if target.uses_grad_output]
-    for inp in grad_inputs:
-        scale = "" if g == 1.0 else f"{g!r} * "
-        lines.append(f"expected_grad_{inp.name} = {scale}np.asarray(expected.terms[{inp.grad!r}])")
-    lines += target.call_code(case, names[1], names[0]).splitlines()
-    if outcome is not None:
-        lines.append(f"# this run got loss={outcome.loss!r}; expected loss={float(expected.loss)!r}")
-    elif failure_message:
-        lines.append(f"# this run raised: {failure_message}")
-    lines += [
-        'print("loss:", got_loss, "expected:", expected.loss)',
-        'print("grad:    ", got_grad)',
-        'print("expected:", expected_grad)',
-        f"np.testing.assert_allclose(got_loss, expected.loss, atol={tolerance.atol:.3g}, rtol={tolerance.rtol:.3g})",
-        f"np.testing.assert_allclose(got_grad, expected_grad, atol={tolerance.atol:.3g}, rtol={tolerance.rtol:.3g})",
-    ]
-    for inp in grad_inputs:
-        lines.append(f"np.testing.assert_allclose(got_grad_{inp.name}, expected_grad_{inp.name}, "
-                     f"atol={tolerance.atol:.3g}, rtol={tolerance.rtol:.3g})")
-    return "\n".join(lines)
+@dataclass
+class Script:
+    """The sections of a reproducer; every kind of case fills them (:meth:`CaseKind.script`)."""
+
+    header: List[str]  #: comment lines: what failed, the oracle, the target
+    imports: List[str]  #: imports, the target's import code last
+    setup: List[str]  #: code that rebuilds the inputs of the case
+    call: List[str]  #: code that calls the target
+    oracle: List[str]  #: code that computes ``expected`` with the reference
+    checks: List[str]  #: prints and ``np.testing.assert_allclose`` lines
+    observed: List[str] = field(default_factory=list)  #: comments with what this run got
+
+
+def render(script: Script) -> str:
+    """A self-contained, copy-pasteable Python script: inputs, oracle, target call, assertions."""
+    s = script
+    return "\n".join(s.header + s.observed + s.imports + [""] + s.setup + [""] + s.oracle + s.call + s.checks)
 
 
 def summary_lines(case, expected, outcome, names=None) -> list:

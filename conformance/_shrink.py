@@ -1,6 +1,17 @@
-"""Delta debugging of a failing case down to a minimal counterexample.
+"""Shrinking a failing case down to a minimal counterexample.
 
-Runs after hypothesis has shrunk what it can (sizes, kinds, deltas): removes
+:func:`shrink_failure` is the one entry point, for every kind of case
+(:class:`~rankspec.conformance._evaluate.CaseKind`): the kind's cheap first pass
+(``shrink_start``: hypothesis re-running its search for flat inputs), then the
+kind's shrinker, keeping a candidate only while it fails the same way (same
+failure signature: "mismatch", "error:<Type>", ...).  Two shrinkers:
+
+* :class:`CandidateShrinker` - greedy: take the first smaller variant the kind
+  offers (``candidates(case) -> (edit, case)``) that still fails, until none
+  does (head batches: images, levels, rows / columns, anchors, classes, boxes);
+* :class:`Shrinker` - delta debugging of flat inputs (below).
+
+:class:`Shrinker` runs after hypothesis has shrunk what it can (sizes, kinds, deltas): removes
 elements (``ddmin`` over the flat input, rows and columns of 2-D inputs,
 flattening 2-D to 1-D), then simplifies values (logits to small multiples of
 1/4, IoUs to 1 or 1/2, delta to the default, grad_output to 1), keeping each
@@ -21,23 +32,56 @@ from typing import Callable
 
 import numpy as np
 
+__all__ = ["shrink_failure", "Shrinker", "CandidateShrinker"]
+
 
 class _Budget(Exception):
     pass
 
 
-class Shrinker:
-    def __init__(self, fails: Callable, *, max_calls: int = 600, max_seconds: float = 20.0,
-                 deltas=(), fixed_delta: bool = False, iou: bool = False, layout: str = "elements"):
+def _contiguous(case):
+    """A :class:`~._hostile.LayoutCase` as the plain case it views (None when ``case`` is already plain)."""
+    from rankspec.refimpl.cases import Case
+
+    if type(case) is Case:
+        return None
+    fields = {f: getattr(case, f) for f in ("logits", "targets", "delta", "grad_output", "kind", "source",
+                                            "extras", "positive_above")}
+    return Case(**fields)
+
+
+def shrink_failure(evaluator, first, seconds: float):
+    """Minimal failing case with the same failure signature as ``first``; returns (evaluation, steps)."""
+    signature = first.comparison.failure
+    start = time.monotonic()
+    best, steps = evaluator.kind.shrink_start(evaluator, first, seconds / 2)
+
+    def fails(case):
+        try:
+            return evaluator.evaluate(case).comparison.failure == signature
+        except Exception:  # the reference rejects the simplified input: not the same failure
+            return False
+
+    remaining = max(0.0, seconds - (time.monotonic() - start))
+    shrinker = evaluator.kind.shrinker(fails, remaining)
+    case = shrinker.shrink(best.case)
+    if case is best.case:
+        return best, steps
+    ev = evaluator.evaluate(case)
+    if ev.comparison.failure != signature:  # flaky target: keep what the first pass found
+        return best, steps
+    return ev, steps + shrinker.steps
+
+
+class _Calls:
+    """Counts calls of ``fails`` against a budget of calls and seconds; ``steps`` counts the accepted ones."""
+
+    def __init__(self, fails: Callable, max_calls: int, max_seconds: float):
         self._fails = fails
         self.max_calls = max_calls
         self.deadline = time.monotonic() + max_seconds
         self.calls = 0
         self.steps = 0
-        self.deltas = tuple(deltas)
-        self.fixed_delta = fixed_delta
-        self.iou = iou
-        self.layout = layout
 
     def fails(self, case) -> bool:
         if self.calls >= self.max_calls or time.monotonic() > self.deadline:
@@ -47,6 +91,47 @@ class Shrinker:
         if ok:
             self.steps += 1
         return ok
+
+
+class CandidateShrinker(_Calls):
+    """Greedy shrinking over the smaller variants ``candidates(case)`` yields as ``(edit, case or None)``.
+
+    ``record(candidate, edit, parent)`` returns the candidate as it is kept (e.g. with the edit appended to the
+    parent's history).
+    """
+
+    def __init__(self, fails: Callable, candidates: Callable, *, record: Callable = lambda case, edit, parent: case,
+                 max_calls: int = 400, max_seconds: float = 10.0):
+        super().__init__(fails, max_calls, max_seconds)
+        self.candidates = candidates
+        self.record = record
+
+    def shrink(self, case):
+        best = case
+        try:
+            improved = True
+            while improved:
+                improved = False
+                for edit, cand in self.candidates(best):
+                    if cand is None:
+                        continue
+                    cand = self.record(cand, edit, best)
+                    if self.fails(cand):
+                        best, improved = cand, True
+                        break
+        except _Budget:
+            pass
+        return best
+
+
+class Shrinker(_Calls):
+    def __init__(self, fails: Callable, *, max_calls: int = 600, max_seconds: float = 20.0,
+                 deltas=(), fixed_delta: bool = False, iou: bool = False, layout: str = "elements"):
+        super().__init__(fails, max_calls, max_seconds)
+        self.deltas = tuple(deltas)
+        self.fixed_delta = fixed_delta
+        self.iou = iou
+        self.layout = layout
 
     def shrink(self, case):
         best = case
@@ -61,18 +146,57 @@ class Shrinker:
 
     # -- element removal ----------------------------------------------------------------------------
     def _structure(self, case):
+        if getattr(case, "layout", "contiguous") != "contiguous":
+            plain = _contiguous(case)  # does it fail without the non-contiguous view too?
+            if plain is not None and self.fails(plain):
+                case = plain
         if self.layout == "rows":
-            return self._ddmin(case)
+            case, critical = self._bisect_size(case)
+            return case if critical else self._ddmin(case)
         if case.logits.ndim > 1:
             flat = case.map_arrays(np.ravel)
             if self.fails(flat):
                 case = flat
+        if case.logits.ndim == 2 and case.size > 64:
+            return case  # a large 2-D input: keep its layout (dropping rows one by one is too slow)
         if case.logits.ndim == 2:
             case = self._drop_axis(case, 0)
             case = self._drop_axis(case, 1)
         if case.logits.ndim == 1:
-            case = self._ddmin(case)
+            case, critical = self._bisect_size(case)
+            if not critical:
+                case = self._ddmin(case)
         return case
+
+    def _bisect_size(self, case):
+        """Size first: the shortest front-cut (then back-cut) of the first axis that still fails, by bisection.
+
+        A failure that needs a large input (a chunk size, a block boundary) shrinks to just above its
+        threshold in O(log n) calls.  Returns ``(case, critical)``: ``critical`` when removing one more
+        element makes it pass (element-wise delta debugging could not shrink it further).
+        """
+        n = case.logits.shape[0] if case.logits.ndim else 1
+        if n <= 64:
+            return case, False
+        for side in ("front", "back"):
+            n = case.logits.shape[0]
+            lo, hi = 1, n  # the shortest failing length is in [lo, hi]; hi fails
+            best = case
+            while lo < hi:
+                mid = (lo + hi) // 2
+                cand = case.map_arrays(lambda a: a[n - mid:] if side == "front" else a[:mid])
+                if self.fails(cand):
+                    hi, best = mid, cand
+                else:
+                    lo = mid + 1
+            case = best
+        n = case.logits.shape[0]
+        if n <= 64:
+            return case, False
+        keep = np.ones(n, dtype=bool)
+        keep[n // 2] = False  # neither end could be cut: does dropping a middle element pass as well?
+        critical = not self.fails(case.map_arrays(lambda a: a[keep]))
+        return case, critical
 
     def _drop_axis(self, case, axis):
         k = 0

@@ -52,6 +52,11 @@ scenario, seed and a copy-pasteable reproducer.  Reports are the
 :class:`~rankspec.conformance.harness.CheckReport` of ``rankspec check``
 (text, JSON, JUnit XML); CLI: ``rankspec check-head`` (or ``rankspec check --head``).
 
+Head batches are one kind of case (:class:`HeadKind`) of the engine the array
+losses use too (:mod:`~rankspec.conformance._evaluate`): the same evaluator,
+shrinking (:mod:`~._shrink`, over the pipeline's smaller variants), diagnosis
+(:mod:`~._diagnose`), reproducer rendering (:mod:`~._repro`) and report.
+
 Importing this module does not import torch.
 """
 
@@ -65,12 +70,20 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._compare import Comparison, Tolerance, base_tolerance, case_tolerance, failed_call
+from rankspec.refimpl import rankdet_loss
+
+from ._compare import Comparison, Tolerance, base_tolerance, case_tolerance
+from ._constants import DTYPES
+from ._evaluate import Evaluator, conclude
 from ._head_specs import PIPELINES, SCENARIO_HELP, SCENARIOS, HeadCase, HeadPipeline, get_pipeline
 from ._progress import Progress
-from ._diagnose import Diagnosis
-from ._targets import TargetFailure, TargetSignatureError, _import_code_for, resolve
-from .harness import CheckReport, Evaluation, NonConformant, TargetResult, UsageProblem, _device_ok
+from ._repro import Script
+from ._results import CheckReport, Counterexample, TargetResult
+from ._shrink import CandidateShrinker
+from ._targets import TargetFailure, TargetSignatureError, import_code_for, resolve
+from ._usage import NonConformant, UsageProblem, check_device, check_names
+from ._usage import check_number, check_seed
+from .specs import SPECS
 
 __all__ = ["HEADS", "HEAD_LOSSES", "SCENARIOS", "SCENARIO_HELP", "HeadCase", "HeadReference", "HeadResult",
            "HeadCounterexample", "head_case", "head_reference", "check_head", "assert_head_conforms",
@@ -79,14 +92,13 @@ __all__ = ["HEADS", "HEAD_LOSSES", "SCENARIOS", "SCENARIO_HELP", "HeadCase", "He
 HEADS = tuple(PIPELINES)
 #: the rankspec losses the heads support (every loss of ``rankspec.adapters.heads.LOSS_NAMES`` but focal)
 HEAD_LOSSES = ("rs", "brs", "ap", "ap-interp", "bap", "ape", "dr", "rankdet", "rankdet-global", "rankdet-class",
-               "rankdet-iou")
+               "rankdet-iou", "alrp")
 #: classification keys of the loss dict per loss (``rankspec.adapters.heads.LOSS_KEYS``, without importing torch)
 _KEYS = {"rs": ("loss_rank", "loss_sort"), "brs": ("loss_rank", "loss_sort"), "ap": ("loss_cls",),
          "ap-interp": ("loss_cls",), "bap": ("loss_cls",), "ape": ("loss_cls",), "dr": ("loss_cls",),
          "rankdet": ("loss_global", "loss_class", "loss_iou"), "rankdet-global": ("loss_global",),
-         "rankdet-class": ("loss_class",), "rankdet-iou": ("loss_iou",)}
+         "rankdet-class": ("loss_class",), "rankdet-iou": ("loss_iou",), "alrp": ("loss_cls",)}
 _DEFAULT_SCOPE = {name: ("image" if name == "dr" or name.startswith("rankdet") else "batch") for name in HEAD_LOSSES}
-DTYPES = ("float32", "float64")
 
 
 class PipelineError(AssertionError):
@@ -159,8 +171,9 @@ def head_reference(head, *args, loss: str = "rs", scope: Optional[str] = None,
         if counts.shape[0] != t.numel() or np.any(counts != 1):
             raise PipelineError(f"the {p.name} flattening does not map every entry of {p.score_output}"
                                 f"{f'[{k}]' if p.levels_are_list else ''} to exactly one flat score")
+    extra = {"gious": getattr(flat, "gious", None)} if loss == "alrp" else {}  # aLRP's e_loc (2D: GIoU)
     ref = reference_classification_loss(loss, flat.logits, flat.labels, flat.ious, flat.image_ids, flat.levels,
-                                        scope=scope, **dict(loss_options or {}))
+                                        scope=scope, **extra, **dict(loss_options or {}))
     grads = {p.score_output: p.unflatten(tuple(args), np.asarray(ref.grad, dtype=np.float64), level, position)}
     box = args[box_index] if p.levels_are_list else [args[box_index]]
     gi = ref.terms.get("grad_ious")
@@ -237,7 +250,7 @@ def make_head_target(target, p: HeadPipeline, *, name: Optional[str] = None) -> 
         importable = True
     else:
         obj = target
-        code, expr, importable = _import_code_for(obj)
+        code, expr, importable = import_code_for(obj)
         label = name or getattr(obj, "__qualname__", None) or type(obj).__name__
     Module = _torch_module_types()
     if inspect.isclass(obj) and issubclass(obj, Module):
@@ -319,8 +332,6 @@ def _as_list(x):
 
 def _tolerance(base: Tolerance, case: HeadCase, loss: str, loss_options: Mapping) -> Tolerance:
     """The flat harness's tolerance for the case's flat scores (size, and magnitude through delta)."""
-    from .specs import SPECS
-
     spec = SPECS.get(loss)
     p = get_pipeline(case.head)
     scores = np.concatenate([a.ravel() for a in case.outputs[p.score_output]]).astype(case.dtype)
@@ -387,18 +398,8 @@ def compare_head(p: HeadPipeline, expected: HeadReference, outcome: HeadOutcome,
 # ------------------------------------------------------------------------------------------------
 
 @dataclass
-class HeadCounterexample:
-    """A failing head case (shrunk), with its reproducer."""
-
-    case: HeadCase
-    expected: Optional[HeadReference]
-    outcome: Optional[HeadOutcome]
-    comparison: Comparison
-    tolerance: Tolerance
-    found_in: str
-    original_size: int
-    shrink_steps: int
-    reproducer: str
+class HeadCounterexample(Counterexample):
+    """A failing head case (shrunk), with its reproducer; renders its own text lines."""
 
     def to_dict(self) -> dict:
         c = self.case
@@ -449,19 +450,30 @@ class HeadResult(TargetResult):
 
 
 # ------------------------------------------------------------------------------------------------
-# the engine
+# head batches: one kind of case of the shared engine (rankspec.conformance._evaluate)
 # ------------------------------------------------------------------------------------------------
 
-class _Evaluator:
+class HeadKind:
+    """The :class:`~._evaluate.CaseKind` of head batches: one target on one head, loss and dtype.
+
+    Options of the oracle (``reference(case, options)``) are ``{"scope": ..., "loss_options": {...}}``;
+    ``cache`` is shared by the targets checked on the same head and loss.
+    """
+
+    oracle_errors_are_failures = True
+    diagnose_depth = 1  #: the other scope, or one documented convention of the loss
+
     def __init__(self, p: HeadPipeline, target: HeadTarget, loss: str, scope, loss_options, device, base_tol,
                  cache: dict):
         self.p, self.target, self.loss, self.scope = p, target, loss, scope
         self.loss_options = dict(loss_options or {})
         self.device, self.base_tol, self.cache = device, base_tol, cache
+        self.spec = SPECS.get(loss)
 
-    def reference(self, case: HeadCase, scope=None, loss_options=None) -> HeadReference:
-        scope = self.scope if scope is None else scope
-        opts = self.loss_options if loss_options is None else loss_options
+    # -- reference, target, comparison ---------------------------------------------------------------
+    def reference(self, case: HeadCase, options=None) -> HeadReference:
+        scope = self.scope if options is None else options.get("scope", self.scope)
+        opts = self.loss_options if options is None else dict(options.get("loss_options", self.loss_options))
         key = (self.loss, scope, repr(sorted(opts.items())), case.head, case.scenario, case.seed, case.index,
                case.dtype, case.edits, repr(sorted(case.head_options.items())))
         hit = self.cache.get(key)
@@ -477,47 +489,124 @@ class _Evaluator:
             raise hit
         return hit
 
-    def tolerance(self, case):
-        return _tolerance(self.base_tol, case, self.loss, self.loss_options)
-
-    def run(self, case) -> HeadOutcome:
+    def run(self, case: HeadCase) -> HeadOutcome:
         return _run_target(self.target, self.p, case, self.loss, self.scope, self.loss_options, self.device)
 
-    def evaluate(self, case):
-        expected = self.reference(case)
-        try:
-            outcome = self.run(case)
-        except TargetFailure as exc:
-            return Evaluation(case, expected, None, failed_call(exc.kind, exc.message))
-        return Evaluation(case, expected, outcome, compare_head(self.p, expected, outcome, self.tolerance(case)))
+    def tolerance(self, case: HeadCase) -> Tolerance:
+        return _tolerance(self.base_tol, case, self.loss, self.loss_options)
 
+    def compare(self, case, expected, outcome) -> Comparison:
+        return compare_head(self.p, expected, outcome, self.tolerance(case))
 
-def _shrink(ev_fn, p: HeadPipeline, first, seconds: float, max_calls: int = 400):
-    signature = first.comparison.failure
-    best = first
-    steps, calls = 0, 0
-    deadline = time.monotonic() + seconds
-    improved = True
-    while improved:
-        improved = False
-        for edit, cand in p.candidates(best.case):
-            if cand is None:
+    # -- shrinking: images, levels, rows / columns, anchor slots, classes, boxes -------------------------
+    def shrink_start(self, evaluator, first, seconds: float):
+        return first, 0
+
+    def shrinker(self, fails, seconds: float) -> CandidateShrinker:
+        return CandidateShrinker(fails, self.p.candidates, max_seconds=seconds,
+                                 record=lambda cand, edit, parent: replace(cand, edits=parent.edits + (edit,)))
+
+    # -- diagnosis -----------------------------------------------------------------------------------
+    def diagnostic_cases(self, failing):
+        return list(failing[:4])
+
+    def alternatives(self, level: int):
+        if level != 1:
+            return
+        scope = self.scope or _DEFAULT_SCOPE[self.loss]
+        for other in ("batch", "image"):
+            if other != scope:
+                yield {"scope": other}, {"scope": other}
+        spec = self.spec
+        if spec is None:
+            return
+        base = spec.expected_options()
+        for k, choices in spec.option_space().items():
+            if k == "scope":
                 continue
-            if time.monotonic() > deadline or calls >= max_calls:
-                return best, steps
-            cand = replace(cand, edits=best.case.edits + (edit,))
-            calls += 1
+            for v in choices:
+                if v != base.get(k) and self.loss_options.get(k, base.get(k)) != v:
+                    yield {"loss_options": {**self.loss_options, k: v}}, {k: v}
+
+    def describe_options(self, changed) -> str:
+        if not changed:
+            return f"head_reference({self.p.name!r}, ..., loss={self.loss!r})"
+        if "scope" in changed:
+            scope = self.scope or _DEFAULT_SCOPE[self.loss]
+            return f"the reference with scope={changed['scope']!r} (rankspec's scope for {self.loss} is {scope!r})"
+        spec = self.spec
+        return (f"the reference with loss_options {changed!r}"
+                + (f", i.e. {spec.call_string({**spec.expected_options(), **changed})} on the flat scores"
+                   if spec is not None else ""))
+
+    def findings(self, evaluator, pairs):
+        triples = []
+        for case, outcome in pairs:
             try:
-                ev = ev_fn(cand)
-            except Exception:  # the oracle rejects the smaller input: not the same failure
+                triples.append((case, evaluator.reference(case), outcome))
+            except Exception:  # noqa: BLE001 - the oracle failed on this case: nothing to compare
                 continue
-            if ev.comparison.failure == signature:
-                best, steps, improved = ev, steps + 1, True
-                break
-    return best, steps
+        return _head_findings(self.p, self, triples) if triples else []
+
+    # -- reproducer and report -------------------------------------------------------------------------
+    def script(self, case: HeadCase, expected, outcome, tolerance: Tolerance, message: str = "") -> Script:
+        p, target, loss, scope = self.p, self.target, self.loss, self.scope
+        dt = case.dtype
+        kw = f"loss={loss!r}, scope={scope!r}, loss_options={dict(self.loss_options)!r}"
+        kw += "".join(f", {k}={v!r}" for k, v in case.head_options.items())
+        if p.name == "ssd3d":
+            kw += ", classes=classes"
+        keys = _KEYS[loss]
+        score, box = p.score_output, p.box_output
+        lst = (lambda n: n) if p.levels_are_list else (lambda n: f"[{n}]")
+        header = [
+            f"# rankspec head-pipeline counterexample: head {p.name!r}, loss {loss!r}, {dt}",
+            f"# {case.describe()}",
+            f"# the unshrunk case: rankspec.conformance.heads.{case.recipe()}",
+            f"# oracle: rankspec.conformance.heads.head_reference = the adapter's assignment and flattening "
+            f"({p.targets_function}, {p.index_function})",
+            "#         + the NumPy reference on the flat scores + the index map back to the raw outputs",
+            f"# target: {target.name}  [{target.kind}]",
+        ]
+        observed = []
+        if expected is not None and outcome is not None:
+            observed.append("# this run got " + ", ".join(f"{k}={v!r}" for k, v in outcome.parts.items())
+                            + "; expected " + ", ".join(f"{k}={v!r}" for k, v in expected.terms.items()))
+        elif message:
+            observed.append(f"# this run raised: {message}")
+        imports = ["import numpy as np", "import torch", "from rankspec.conformance.heads import head_reference"]
+        imports += target.import_code.splitlines()
+        setup = list(p.setup_code(case)) + ["", f"kwargs = dict({kw})", f"grad_output = {float(case.grad_output)!r}"]
+        call = [target.call_code(p)]
+        oracle = [f"expected = head_reference({p.name!r}, {', '.join(p.arg_names)}, **kwargs)  # the oracle"]
+        tol = f"atol={tolerance.atol:.3g}, rtol={tolerance.rtol:.3g}"
+        checks = [
+            f"keys = {keys!r}",
+            "total = sum(v.reshape(()) for v in losses.values())  # every entry: box losses must not reach the scores",
+            "cls_total = sum(losses[k].reshape(()) for k in keys)",
+            f"g_scores = torch.autograd.grad(total, {lst(score)}, grad_outputs=torch.tensor(grad_output, "
+            f"dtype=torch.{dt}), retain_graph=True, allow_unused=True)",
+            f"g_boxes = (torch.autograd.grad(cls_total, {lst(box)}, grad_outputs=torch.tensor(grad_output, "
+            f"dtype=torch.{dt}), allow_unused=True) if cls_total.requires_grad else [None] * len({lst(box)}))",
+            "for k in keys:",
+            "    print(k, 'got', float(losses[k].detach()), 'expected', expected.terms[k])",
+            f"np.testing.assert_allclose([float(losses[k].detach()) for k in keys], [expected.terms[k] for k in keys], "
+            f"{tol})",
+            f"for got, want in zip(g_scores, {lst(f'expected.grads[{score!r}]')}):",
+            "    got = np.zeros(want.shape) if got is None else got.detach().numpy()",
+            f"    np.testing.assert_allclose(got, grad_output * want, {tol})",
+            f"for got, want in zip(g_boxes, {lst(f'expected.grads[{box!r}]')}):",
+            "    got = np.zeros(want.shape) if got is None else got.detach().numpy()",
+            f"    np.testing.assert_allclose(got, grad_output * want, {tol})",
+        ]
+        return Script(header, imports, setup, call, oracle, checks, observed)
+
+    def counterexample(self, minimal, first, steps: int, tolerance: Tolerance, code: str) -> HeadCounterexample:
+        return HeadCounterexample(minimal.case, minimal.expected, minimal.outcome, minimal.comparison, tolerance,
+                                  first.case.describe(), first.case.size, steps, code)
 
 
-def _findings(p: HeadPipeline, ev: _Evaluator, pairs) -> List[str]:
+def _head_findings(p: HeadPipeline, kind: "HeadKind", triples) -> List[str]:
     """Checks for common pipeline bugs; each finding is keyed by its kind and ranked by how many failing cases
     show it (the first one found for a kind gives the wording)."""
     layout = {"dense2d": "mmdet's per level [B, A*C, H, W], channel a*C + c, row (h*W + w)*A + a",
@@ -529,8 +618,8 @@ def _findings(p: HeadPipeline, ev: _Evaluator, pairs) -> List[str]:
             found[kind] = [text, 0, len(found)]
         found[kind][1] += 1
 
-    for case, expected, outcome in pairs:
-        tol = ev.tolerance(case)
+    for case, expected, outcome in triples:
+        tol = kind.tolerance(case)
         g = outcome.grad_output
         kinds_here = set()
 
@@ -584,130 +673,9 @@ def _findings(p: HeadPipeline, ev: _Evaluator, pairs) -> List[str]:
                               "is in the backward pass or in how the flat gradient reaches the raw outputs")
     # most supported first; the generic "loss agrees" after any specific finding with the same support
     ranked = sorted(found.values(), key=lambda f: (-f[1] + (0.5 if f[0].startswith("the loss agrees") else 0), f[2]))
-    n = len(pairs)
+    n = len(triples)
     return [text if support == n else f"{text} [{support} of {n} failing cases]" for text, support, _ in ranked]
 
-
-def _diagnose(p: HeadPipeline, ev: _Evaluator, failing, seconds: float):
-    from .specs import SPECS
-
-    t0 = time.monotonic()
-    pairs = []
-    for case in failing[:4]:
-        try:
-            pairs.append((case, ev.reference(case), ev.run(case)))
-        except Exception:  # noqa: BLE001
-            continue
-    if not pairs:
-        return Diagnosis("the target raised (or the oracle could not be built) on every failing case",
-                         "undiagnosed", cases=len(failing))
-    findings = _findings(p, ev, pairs)
-    scope = ev.scope or _DEFAULT_SCOPE[ev.loss]
-    alternatives = [({"scope": other}, other, None) for other in ("batch", "image") if other != scope]
-    spec = SPECS.get(ev.loss)
-    if spec is not None:
-        base = spec.expected_options()
-        for k, choices in spec.option_space().items():
-            if k == "scope":
-                continue
-            for v in choices:
-                if v != base.get(k) and ev.loss_options.get(k, base.get(k)) != v:
-                    alternatives.append(({k: v}, None, {**ev.loss_options, k: v}))
-    matches, best, tried, timed_out = [], None, 0, False
-    for changed, alt_scope, opts in alternatives:
-        if time.monotonic() - t0 > seconds:
-            timed_out = True
-            break
-        tried += 1
-        worst = 0.0
-        for case, _, outcome in pairs:
-            try:
-                exp = ev.reference(case, alt_scope, opts)
-            except Exception:  # noqa: BLE001
-                worst = math.inf
-                break
-            worst = max(worst, compare_head(p, exp, outcome, ev.tolerance(case)).score)
-        if best is None or worst < best[0]:
-            best = (worst, changed)
-        if worst <= 1.0:
-            matches.append(changed)
-    if timed_out:
-        findings.append(f"the convention search stopped after {seconds:g} s ({tried} alternatives tried)")
-
-    def fmt(changed):
-        if "scope" in changed:
-            return f"the reference with scope={changed['scope']!r} (rankspec's scope for {ev.loss} is {scope!r})"
-        return (f"the reference with loss_options {changed!r}"
-                + (f", i.e. {spec.call_string({**spec.expected_options(), **changed})} on the flat scores"
-                   if spec is not None else ""))
-
-    n = len(pairs)
-    if matches:
-        summary = f"matches {fmt(matches[0])} on all {n} failing case(s)"
-        return Diagnosis(summary, "convention", matches, matches[0], 0.0, findings=findings, cases=n,
-                         combinations=tried)
-    if findings:
-        return Diagnosis(findings[0], "finding", [], best[1] if best else None,
-                         best[0] if best else math.inf, findings=findings, cases=n, combinations=tried)
-    summary = "neither the other scope nor a documented convention of the loss explains the difference"
-    return Diagnosis(summary, "undiagnosed", [], best[1] if best else None, best[0] if best else math.inf,
-                     findings=findings, cases=n, combinations=tried)
-
-
-def _reproducer(p: HeadPipeline, target: HeadTarget, case: HeadCase, loss: str, scope, loss_options,
-                tol: Tolerance, ev) -> str:
-    dt = case.dtype
-    head_kw = {**case.head_options}
-    kw = f"loss={loss!r}, scope={scope!r}, loss_options={dict(loss_options)!r}"
-    kw += "".join(f", {k}={v!r}" for k, v in head_kw.items())
-    if p.name == "ssd3d":
-        kw += ", classes=classes"
-    keys = _KEYS[loss]
-    score = p.score_output
-    box = p.box_output
-    lst = (lambda n: n) if p.levels_are_list else (lambda n: f"[{n}]")
-    lines = [
-        f"# rankspec head-pipeline counterexample: head {p.name!r}, loss {loss!r}, {dt}",
-        f"# {case.describe()}",
-        f"# the unshrunk case: rankspec.conformance.heads.{case.recipe()}",
-        f"# oracle: rankspec.conformance.heads.head_reference = the adapter's assignment and flattening "
-        f"({p.targets_function}, {p.index_function})",
-        "#         + the NumPy reference on the flat scores + the index map back to the raw outputs",
-        f"# target: {target.name}  [{target.kind}]",
-        "import numpy as np",
-        "import torch",
-        "from rankspec.conformance.heads import head_reference",
-    ]
-    lines += target.import_code.splitlines()
-    lines += p.setup_code(case)
-    lines += [
-        "",
-        f"kwargs = dict({kw})",
-        f"grad_output = {float(case.grad_output)!r}",
-        target.call_code(p),
-        f"expected = head_reference({p.name!r}, {', '.join(p.arg_names)}, **kwargs)  # the oracle",
-        f"keys = {keys!r}",
-        "total = sum(v.reshape(()) for v in losses.values())  # every entry: box losses must not reach the scores",
-        "cls_total = sum(losses[k].reshape(()) for k in keys)",
-        f"g_scores = torch.autograd.grad(total, {lst(score)}, grad_outputs=torch.tensor(grad_output, "
-        f"dtype=torch.{dt}), retain_graph=True, allow_unused=True)",
-        f"g_boxes = (torch.autograd.grad(cls_total, {lst(box)}, grad_outputs=torch.tensor(grad_output, "
-        f"dtype=torch.{dt}), allow_unused=True) if cls_total.requires_grad else [None] * len({lst(box)}))",
-        "for k in keys:",
-        "    print(k, 'got', float(losses[k].detach()), 'expected', expected.terms[k])",
-        f"np.testing.assert_allclose([float(losses[k].detach()) for k in keys], [expected.terms[k] for k in keys], "
-        f"atol={tol.atol:.3g}, rtol={tol.rtol:.3g})",
-        f"for got, want in zip(g_scores, {lst(f'expected.grads[{score!r}]')}):",
-        "    got = np.zeros(want.shape) if got is None else got.detach().numpy()",
-        f"    np.testing.assert_allclose(got, grad_output * want, atol={tol.atol:.3g}, rtol={tol.rtol:.3g})",
-        f"for got, want in zip(g_boxes, {lst(f'expected.grads[{box!r}]')}):",
-        "    got = np.zeros(want.shape) if got is None else got.detach().numpy()",
-        f"    np.testing.assert_allclose(got, grad_output * want, atol={tol.atol:.3g}, rtol={tol.rtol:.3g})",
-    ]
-    if ev is not None and ev.outcome is not None:
-        lines.insert(6, "# this run got " + ", ".join(f"{k}={v!r}" for k, v in ev.outcome.parts.items())
-                     + "; expected " + ", ".join(f"{k}={v!r}" for k, v in ev.expected.terms.items()))
-    return "\n".join(lines)
 
 
 def _bundled(p: HeadPipeline) -> List[HeadTarget]:
@@ -715,25 +683,10 @@ def _bundled(p: HeadPipeline) -> List[HeadTarget]:
             make_head_target(p.module_ref, p, name=p.module_ref)]
 
 
-def _usage(msg):
-    return UsageProblem(msg)
-
-
-def _names(value, allowed, what) -> List[str]:
-    if value is None:
-        return list(allowed)
-    items = [value] if isinstance(value, str) else list(value)
-    for v in items:
-        if v not in allowed:
-            extra = ""
-            if what == "loss" and v == "focal":
-                extra = " (focal loss has no rankspec reference)"
-            elif what == "loss":
-                extra = " (the rankspec losses the detector heads support)"
-            raise _usage(f"{what} must be one of {', '.join(allowed)}{extra}, got {v!r}")
-    if not items:
-        raise _usage(f"at least one {what} is required")
-    return list(dict.fromkeys(items))
+def _loss_hint(v) -> str:
+    if v == "focal":
+        return " (focal loss has no rankspec reference)"
+    return " (the rankspec losses the detector heads support)"
 
 
 def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = SCENARIOS, examples: int = 8,
@@ -786,25 +739,30 @@ def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = 
     from rankspec.refimpl import __version__
 
     t0 = time.monotonic()
-    heads = _names(head, HEADS, "head")
-    losses = _names(loss, HEAD_LOSSES, "loss")
-    scen = _names(scenarios, SCENARIOS, "scenario")
-    dts = _names(dtypes, DTYPES, "dtype")
+    heads = check_names(head, HEADS, "head")
+    losses = check_names(loss, HEAD_LOSSES, "loss", _loss_hint)
+    scen = check_names(scenarios, SCENARIOS, "scenario")
+    dts = check_names(dtypes, DTYPES, "dtype")
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
-        raise _usage(f"examples must be an integer >= 1 (random batches per scenario), got {examples!r}")
+        raise UsageProblem(f"examples must be an integer >= 1 (random batches per scenario), got {examples!r}")
+    # no option value may make the check vacuous (a tolerance of inf or -1, a nan time budget)
+    atol, rtol = check_number(atol, "atol"), check_number(rtol, "rtol")
+    seed = check_seed(seed)
+    shrink_seconds = check_number(shrink_seconds, "shrink_seconds", allow_none=False)
+    diagnose_seconds = check_number(diagnose_seconds, "diagnose_seconds", allow_none=False)
     if scope is not None and scope not in ("batch", "image"):
-        raise _usage(f"scope must be 'batch', 'image' or None (each loss's own), got {scope!r}")
+        raise UsageProblem(f"scope must be 'batch', 'image' or None (each loss's own), got {scope!r}")
     for what, v in (("loss_options", loss_options), ("head_options", head_options)):
         if v is not None and not isinstance(v, Mapping):
-            raise _usage(f"{what} must be a dict, got {type(v).__name__}")
+            raise UsageProblem(f"{what} must be a dict, got {type(v).__name__}")
     _check_loss_options(losses, loss_options or {})
-    _device_ok(device)
+    check_device(device)
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is installed in the project env
-        raise _usage("check_head needs torch (pip install rankspec[torch])") from None
+        raise UsageProblem("check_head needs torch (pip install rankspec[torch])") from None
     if target is not None and len(heads) != 1:
-        raise _usage("a target is checked against one head: pass head='dense2d' or head='ssd3d'")
+        raise UsageProblem("a target is checked against one head: pass head='dense2d' or head='ssd3d'")
     plan = []
     for hd in heads:
         p = get_pipeline(hd)
@@ -815,7 +773,7 @@ def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = 
                 if loss is None and fixed in HEAD_LOSSES:
                     losses = [fixed]
                 elif losses != [fixed]:
-                    raise _usage(f"{t.name} is an instance fixed to loss {fixed!r}; check it with loss={fixed!r}")
+                    raise UsageProblem(f"{t.name} is an instance fixed to loss {fixed!r}; check it with loss={fixed!r}")
         plan.append((p, tgts))
     settings = {}  #: (head, target name) -> (cases, scope, loss_options, notes)
     for p, tgts in plan:
@@ -873,42 +831,34 @@ def _check_loss_options(losses, options: Mapping) -> None:
     """Every loss option must be a keyword of the reference the head losses call (UsageProblem otherwise)."""
     import inspect
 
-    from rankspec.refimpl import rankdet_loss
-
-    from .specs import SPECS
-
     for ls in losses:
         fn = rankdet_loss if ls.startswith("rankdet") else SPECS[ls].function
         params = set(inspect.signature(fn).parameters) - {"logits", "labels", "targets", "ious", "levels",
                                                            "image_ids"}
         if ls.startswith("rankdet"):
             params.add("weights")
+        if ls == "alrp":  # the head builds e_loc (rankspec.adapters.heads.losses.ALRP_HEAD_OPTIONS)
+            params = (params - {"regression_losses", "backend"}) | {"e_loc", "tau"}
         bad = [k for k in options if k not in params]
         if bad:
-            raise _usage(f"loss {ls!r} takes no option {', '.join(map(repr, bad))} "
+            raise UsageProblem(f"loss {ls!r} takes no option {', '.join(map(repr, bad))} "
                          f"(its options: {', '.join(sorted(params))})")
 
 
 def _loss_title(loss: str) -> str:
-    from .specs import SPECS
-
     spec = SPECS.get(loss)
     return spec.title if spec is not None else loss
 
 
 def _check_one(p, t, loss, dtype, cases, scope, loss_options, device, base, cache, bar, shrink, shrink_seconds,
-               do_diagnose, diagnose_seconds):
+               do_diagnose, diagnose_seconds, runner=None):
     t0 = time.monotonic()
     res = HeadResult(f"{p.name}/{loss}", t.name, dtype, t.convention, device, base, head=p.name)
-    ev = _Evaluator(p, t, loss, scope, loss_options, device, base, cache)
+    evaluator = Evaluator(HeadKind(p, t, loss, scope, loss_options, device, base, cache), runner)
     label = f"{p.name}/{loss} {dtype} {t.name}"
     for case in cases:
         c = case.astype(dtype)
-        try:
-            e = ev.evaluate(c)
-        except Exception as exc:  # the oracle itself failed: report it, never hide it
-            e = Evaluation(c, None, None, failed_call(f"oracle-error:{type(exc).__name__}",
-                                                      f"the oracle raised {type(exc).__name__}: {exc}"))
+        e = evaluator.evaluate(c)
         res.add(e, "generated")
         st = res.scenarios.setdefault(c.scenario, {"cases": 0, "positives": 0, "images_without_gt": 0})
         st["cases"] += 1
@@ -916,18 +866,8 @@ def _check_one(p, t, loss, dtype, cases, scope, loss_options, device, base, cach
         st["images_without_gt"] += sum(n == 0 for n in c.num_gt)
         bar.advance(1, label)
     if res.failed:
-        first = res.first_failure
-        minimal, steps = first, 0
-        if shrink and first.expected is not None:
-            minimal, steps = _shrink(ev.evaluate, p, first, shrink_seconds)
-        tol = ev.tolerance(minimal.case)
-        code = _reproducer(p, t, minimal.case, loss, scope, loss_options, tol,
-                           minimal if minimal.expected is not None else None)
-        res.counterexample = HeadCounterexample(minimal.case, minimal.expected, minimal.outcome, minimal.comparison,
-                                                tol, first.case.describe(), first.case.size, steps, code)
-        if do_diagnose and first.expected is not None:
-            failing = [minimal.case] + [c for c in res.failing_cases if c is not minimal.case]
-            res.diagnosis = _diagnose(p, ev, failing, diagnose_seconds)
+        conclude(evaluator, res, shrink=shrink, shrink_seconds=shrink_seconds, diagnose_it=do_diagnose,
+                 diagnose_seconds=diagnose_seconds)
     no_pos = [s for s, st in res.scenarios.items() if st["positives"] == 0 and s != "no-gt"]
     if no_pos:
         res.notes.append(f"no positive anchor in any case of scenario(s) {', '.join(no_pos)}")

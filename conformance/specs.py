@@ -1,90 +1,69 @@
 """Loss specs: what the conformance harness checks, as data.
 
 A :class:`LossSpec` ties a name on the command line (``rankspec check --loss rs``)
-to everything the harness needs to check an implementation of that loss:
+to a loss record (:class:`~rankspec.refimpl.record.LossRecord`) and adds only
+what is the harness's own:
 
-* ``function`` + ``fixed_kwargs`` - the registered reference (the oracle) and the
-  keyword arguments that define this loss (``interpolated=True`` for ``ap-interp``);
-* ``label_kind`` - ``"binary"`` (0/1 labels) or ``"iou"`` (0 for negatives, IoU in
-  (0, 1] for positives): what the input strategy generates as the second argument;
-  other families describe theirs with ``"class"`` (class ids), ``"boxes"``, ...
-  and bring their own ``case_builder``;
-* ``default_delta`` - the delta used when a target fixes none;
-* ``outputs`` - the scalar outputs of the authors' call convention
-  (``("ranking", "sorting")`` for RankSort, ``("loss",)`` otherwise).  A target
-  that returns a tuple is compared part by part when the tuple has this length;
-* ``conventions`` (property) - the documented convention keywords that apply to
-  the reference, read from :func:`rankspec.refimpl.conventions.all_conventions`
-  (filtered by ``applies_to``) plus the harness-level ``scope`` option.  Their
-  choices are what :mod:`rankspec.conformance._diagnose` searches;
+* ``record`` - the loss (a record or its name).  Everything about the loss is read
+  from it: the reference (``function``), ``title``, ``citation``, ``label_kind``,
+  ``default_delta``, ``bucketed``, the scalar ``outputs`` of the authors' call
+  convention, the case builder (``builder``) and the ``conventions`` (the record's
+  convention keywords, plus the harness-level ``scope`` convention
+  :data:`SCOPE` for the (logits, 0/1 or IoU targets) losses the detector heads
+  use; their choices are what :mod:`rankspec.conformance._diagnose` searches);
+* ``fixed_kwargs`` - keyword arguments that define this variant (``interpolated=True``
+  for ``ap-interp``); ``title`` - a title for the variant (default: the record's);
 * ``bundled_targets`` - the bundled PyTorch implementations that
   ``rankspec check`` with no TARGET checks (the first one is the default target);
 * ``vectors`` - the name of the authors' implementation in the recorded vectors
   (:data:`rankspec.refimpl.vectors.OFFICIAL`) whose call this loss mirrors, if any;
-* ``case_builder`` - the input generator (default:
-  :func:`rankspec.conformance._cases.build_ranking_case`);
-* ``extra_inputs`` - arguments after the labels (see "Adding a loss family");
-* ``bucketed`` - prototype means make float32 results sensitive to the logits'
-  magnitude and to negatives near ``min positive - delta``; the tolerance and
-  the input sanitiser account for it.
+* ``extra_inputs`` - how the arguments after the labels are passed (see below);
+* ``array_outputs`` - outputs of the authors' call that are arrays (aLRP's ``rank`` and
+  ``order``): a target returning ``(loss, *arrays)`` is checked on its first output;
+* tolerances and caps: ``max_size`` / ``max_work`` (expensive references),
+  ``default_examples``, ``shrink_layout``, ``option_choices``, ``diagnose_depth``.
 
-Adding a loss family
---------------------
-A family is added by registering a spec, nothing else in the harness changes::
+Adding a loss
+-------------
+A loss whose record exists is added by registering a spec, nothing else in the harness changes::
 
     from rankspec.conformance.specs import BundledTarget, Input, LossSpec, register_spec
-    from rankspec.refimpl import iou_guided_ranking_loss      # registered with @implements
 
     register_spec(LossSpec(
-        name="rankdet-iou", title="RankDet IoU-guided ranking loss",
-        function=iou_guided_ranking_loss, label_kind="class", default_delta=None,
+        name="rankdet-iou", record="iou_guided_ranking_loss",
         extra_inputs=(Input("ious", grad="grad_ious"), Input("levels")),
-        case_builder=build_rankdet_case,           # returns a Case holding every argument
         shrink_layout="rows",
         bundled_targets=(BundledTarget("rankspec.adapters.torch:iou_guided_ranking_loss"),),
     ))
 
 How the reference (and every target) is called::
 
-    function(logits, labels_or_targets[, delta], *positional extra inputs, **keyword extra inputs,
-             **conventions)
+    function(logits, labels_or_targets, *positional extra inputs, **keyword extra inputs, **conventions)
+
+with ``delta`` inserted at the position it has in the reference's signature
+(:attr:`LossSpec.delta_index`: after the labels for AP / RS, after ``regression_losses``
+for aLRP), or passed as ``delta=`` when ``delta_keyword`` is set; no delta when the
+record's ``default_delta`` is ``None``.
 
 * ``logits`` is the first argument and is always differentiable: the
-  reference's ``LossResult.grad`` is d loss / d logits.  ``input_names``
-  renames the first two arguments in reports and reproducers (e.g.
-  ``("pred_boxes", "target_boxes")``).
-* ``delta`` is passed only when ``default_delta`` is not ``None``:
-  positionally, or as ``delta=`` when ``delta_keyword`` is set.
+  reference's ``LossResult.grad`` is d loss / d logits.  The record's
+  ``input_names`` name the arguments in reports and reproducers.
 * ``extra_inputs`` (:class:`Input`) are further arrays (IoUs, pyramid levels,
-  image ids, box weights), held in :attr:`Case.extras` in this order.  An input
+  image ids, box weights, e_loc), held in :attr:`Case.extras` in this order.  An input
   with ``grad="<terms key>"`` is differentiable too: the reference's gradient
   with respect to it is ``result.terms[key]`` and a torch target's is read
   from the input tensor's ``.grad`` (the comparison covers both).
 * Integer arrays (class ids, levels, image ids) keep an integer dtype in the
   case; floating arrays are cast to the checked dtype.
 
-The case builder ``builder(src, spec, cfg, *, kind=None, size=None, images=None)``
-draws every choice from ``src`` (see :mod:`rankspec.conformance._cases`) and
-returns a :class:`~rankspec.conformance._cases.Case`; ``kinds`` lists the
-kinds it understands (used for the fixed diagnostic cases).  Other knobs:
-``recorded`` (run the authors' recorded ranking vectors; only for
-``(logits, labels)`` losses), ``max_size`` / ``max_work`` (caps for expensive
-references), ``default_examples`` (generated cases per target and dtype when
-none are requested), ``shrink_layout`` (``"elements"``: every array has the
-logits' shape and single elements are removed; ``"rows"``: the first axis of
-every array is the sample axis and whole rows are removed), ``option_choices``
-(values the diagnosis tries for a documented convention whose registered
-choices are not plain values, e.g. ``tau`` of DR) and ``diagnose_depth`` (at
-most that many conventions changed at once).
-
-Conventions are found automatically once the family calls
-:func:`~rankspec.refimpl.conventions.register_conventions` with
-``applies_to`` naming the reference function; only keywords that are
-parameters of the reference are used, and choices the reference rejects on a
-small probe input (descriptive entries such as ``'float >= 0'``) are skipped.
-Put the ``register_spec`` call at the bottom of this module (the CLI's
-``--loss`` choices are read from :data:`SPECS` at start-up) or in any module
-imported before the check runs.
+The case builder is the record's (:mod:`rankspec.refimpl.cases`); :attr:`LossSpec.case_builder`
+is ``None`` for the generic (logits, 0/1 labels or IoU targets, delta) builder, which also runs
+the authors' recorded ranking vectors (``recorded``).  ``kinds`` (default: the builder's
+``kinds``) lists the input kinds used for the fixed diagnostic cases.  Choices of a convention
+that the reference rejects on a small probe input (descriptive entries such as ``'float >= 0'``)
+are skipped by the diagnosis.  Put the ``register_spec`` call at the bottom of this module (the
+CLI's ``--loss`` choices are read from :data:`SPECS` at start-up) or in any module imported
+before the check runs.
 """
 
 from __future__ import annotations
@@ -93,24 +72,25 @@ import functools
 import inspect
 import itertools
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from rankspec.refimpl import (LossResult, ap_loss, ape_loss, bucketed_ap_loss, bucketed_rs_loss,
-                              class_specific_ranking_loss, dr_loss, giou_loss, global_ranking_loss,
-                              iou_guided_ranking_loss, pairwise_error_loss, rankdet_loss, rs_loss)
+from rankspec.refimpl import LossResult
+from rankspec.refimpl.cases import build_ranking_case, fixed_probe_case, resolve_builder
 from rankspec.refimpl.conventions import Convention, all_conventions
+from rankspec.refimpl.record import LossRecord, get_record
 from rankspec.refimpl.registry import lookup
 
 __all__ = ["BundledTarget", "Input", "LossSpec", "SPECS", "SCOPE", "register_spec", "get_spec", "spec_names"]
 
-#: Harness-level convention: one ranking over the whole input, or one per image.
-#: (Used for the AP / RS family unless it registers its own ``scope`` convention.)
+#: Harness-level convention: one ranking over the whole input, or one per image.  Applies to the
+#: (logits, 0/1 labels or IoU targets) losses the detector heads use (records with a ``head_scope``)
+#: whose reference takes no ``scope`` of its own; the per-image combination is
+#: :func:`rankspec.refimpl.scope.combine_per_image`'s rule.
 SCOPE = Convention(
-    "scope", "Ranking scope: whole batch or per image",
-    ("ap_loss", "rs_loss", "bucketed_ap_loss", "bucketed_rs_loss"), "batch", ("batch", "image"),
+    "scope", "Ranking scope: whole batch or per image", (), "batch", ("batch", "image"),
     "'batch': one ranking over every element of the input; 'image': the first axis indexes images, each "
     "image is ranked on its own and the loss (and gradient) is the mean over images that have positives.",
     "The Rank & Sort and bucketed authors' code ranks the whole batch; per-image ranking is a common port.",
@@ -135,7 +115,7 @@ class BundledTarget:
 
 @dataclass(frozen=True)
 class Input:
-    """An argument after the labels (see "Adding a loss family" in the module docstring)."""
+    """An argument after the labels (see "Adding a loss" in the module docstring)."""
 
     name: str  #: parameter name of the reference (and of the targets)
     keyword: bool = False  #: passed as ``name=value`` (else positionally, in spec order)
@@ -144,45 +124,110 @@ class Input:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """Everything the harness needs to check one loss (see the module docstring)."""
+    """What the harness adds to a loss record to check implementations of it (see the module docstring)."""
 
     name: str
-    title: str
-    function: Callable[..., LossResult]
-    label_kind: str  #: "binary", "iou" (ranking losses) or a family's own kind ("class", "boxes", ...)
-    default_delta: Optional[float]
-    outputs: Tuple[str, ...] = ("loss",)
+    record: Union[LossRecord, str]  #: the loss (a record, or its name: resolved on construction)
+    title_override: Optional[str] = None  #: title of a variant (default: the record's title)
     fixed_kwargs: Mapping[str, object] = field(default_factory=dict)
     bundled_targets: Tuple[BundledTarget, ...] = ()
     vectors: Optional[str] = None
-    bucketed: bool = False
-    case_builder: Optional[Callable] = None
     extra_inputs: Tuple[Input, ...] = ()
-    input_names: Tuple[str, ...] = ()  #: names of the first two arguments (default: logits, labels/targets)
+    array_outputs: Tuple[str, ...] = ()  #: outputs of the authors' call that are arrays (not compared as scalars)
     delta_keyword: bool = False  #: pass delta as ``delta=`` (a keyword-only parameter of the reference)
     recorded: bool = True  #: run the recorded ranking vectors' inputs (only (logits, 0/1 or IoU targets) losses)
-    kinds: Tuple[str, ...] = ()  #: input kinds of ``case_builder`` (default: the ranking kinds)
+    kind_list: Tuple[str, ...] = ()  #: input kinds for the diagnostic cases (default: the builder's ``kinds``)
     max_size: Optional[int] = None  #: cap on the generated size (samples / rows)
     max_work: Optional[int] = None  #: cap on the builder's work estimate (see CaseConfig.max_work)
     default_examples: int = 100  #: generated cases per target and dtype when none are requested
     shrink_layout: str = "elements"
     option_choices: Mapping[str, Tuple[object, ...]] = field(default_factory=dict)
     diagnose_depth: int = 3
+    #: ``(keyword, value)``: when the reference runs with ``keyword=value`` (its default included), its
+    #: outputs are only float32-accurate by definition (the authors' float32 buffers: aLRP's
+    #: ``buffer_dtype="float32"``), so every dtype is compared with at least the float32 tolerances.
+    float32_buffers: Optional[Tuple[str, object]] = None
+
+    def __post_init__(self):
+        if isinstance(self.record, str):
+            object.__setattr__(self, "record", get_record(self.record))
+        if not isinstance(self.record, LossRecord):
+            raise TypeError(f"record must be a LossRecord or a record name, got {type(self.record).__name__}")
+
+    # -- read from the record -------------------------------------------------------------------
+    @property
+    def function(self) -> Callable[..., LossResult]:
+        """The reference (the record's public function)."""
+        return self.record.function
+
+    @property
+    def title(self) -> str:
+        return self.title_override or self.record.title
+
+    @property
+    def label_kind(self) -> str:
+        return self.record.label_kind
+
+    @property
+    def default_delta(self) -> Optional[float]:
+        return self.record.default_delta
+
+    @property
+    def bucketed(self) -> bool:
+        return self.record.bucketed
+
+    @property
+    def outputs(self) -> Tuple[str, ...]:
+        """Scalar outputs of the authors' call convention (the record's, without :attr:`array_outputs`)."""
+        return tuple(o for o in self.record.outputs if o not in self.array_outputs) or ("loss",)
+
+    @property
+    def builder(self) -> Callable:
+        """The record's case builder (the generic ranking builder when the record names none)."""
+        if self.record.case_builder is None:
+            return build_ranking_case
+        return resolve_builder(self.record.case_builder)
+
+    @property
+    def case_builder(self) -> Optional[Callable]:
+        """The record's builder, or None when it is the generic (logits, labels / targets, delta) builder."""
+        b = self.builder
+        return None if b is build_ranking_case else b
+
+    @property
+    def kinds(self) -> Tuple[str, ...]:
+        """Input kinds of the builder (for the diagnostic cases); empty for the generic builder."""
+        if self.kind_list:
+            return tuple(self.kind_list)
+        return tuple(getattr(self.case_builder, "kinds", ()) if self.case_builder is not None else ())
 
     # -- identity -----------------------------------------------------------------------------
     @property
     def function_name(self) -> str:
-        return self.function.__name__
+        return self.record.name
+
+    def tolerance_dtype(self, dtype: str, options: Mapping[str, object]) -> str:
+        """The dtype whose default tolerances apply when checking in ``dtype`` with reference ``options``
+        (``"float32"`` where the reference's own outputs are float32-accurate: :attr:`float32_buffers`)."""
+        if self.float32_buffers is None:
+            return dtype
+        keyword, value = self.float32_buffers
+        default = inspect.signature(self.function).parameters[keyword].default
+        return "float32" if {**dict(self.fixed_kwargs), **dict(options)}.get(keyword, default) == value else dtype
 
     @property
     def logits_name(self) -> str:
-        return self.input_names[0] if self.input_names else "logits"
+        return self.record.input_names[0] if self.record.input_names else "logits"
 
     @property
     def labels_name(self) -> str:
-        if len(self.input_names) > 1:
-            return self.input_names[1]
-        return "labels" if self.label_kind in ("binary", "class") else "targets"
+        if len(self.record.input_names) > 1:
+            return self.record.input_names[1]
+        return self.record.labels_name
+
+    @property
+    def input_names(self) -> Tuple[str, ...]:
+        return (self.logits_name, self.labels_name)
 
     @property
     def argument_names(self) -> Tuple[str, ...]:
@@ -196,8 +241,8 @@ class LossSpec:
 
     @property
     def citation(self) -> str:
-        """Paper equations the reference implements (from the equation registry)."""
-        return lookup(self.function).citation
+        """Paper equations the reference implements (the record's citations)."""
+        return self.record.citation
 
     @property
     def qualname(self) -> str:
@@ -207,24 +252,42 @@ class LossSpec:
     def default_target(self) -> Optional[BundledTarget]:
         return self.bundled_targets[0] if self.bundled_targets else None
 
+    @property
+    def delta_index(self) -> Optional[int]:
+        """Position of ``delta`` among the positional arguments (None: no delta, or passed as ``delta=``)."""
+        if self.default_delta is None or self.delta_keyword:
+            return None
+        positional = [n for n, p in self._parameters().items()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return positional.index("delta") if "delta" in positional else 2
+
     def _parameters(self):
         return inspect.signature(self.function).parameters
 
     # -- conventions ----------------------------------------------------------------------------
     @property
     def conventions(self) -> Tuple[Convention, ...]:
-        """Documented convention keywords that apply to the reference (plus ``scope`` for the AP / RS family).
+        """The record's convention keywords (with this loss's defaults), plus the harness-level :data:`SCOPE`.
 
-        Only keywords that are parameters of the reference count (a family's
-        convention may name several functions), and never an input argument
-        (e.g. DR's ``image_ids``).
+        Only keywords that are parameters of the reference count, never an input argument (e.g.
+        DR's ``image_ids``).  A record that lists no keyword convention yet falls back to the
+        conventions its family registered for it (:func:`~rankspec.refimpl.conventions.all_conventions`).
+        ``scope`` is added for the losses the detector heads rank per batch or per image (a
+        ``head_scope``) on (logits, 0/1 labels or IoU targets) without extra inputs, when the
+        reference takes no ``scope`` itself.
         """
         params = self._parameters()
         inputs = set(self.argument_names)
-        found = [c for c in all_conventions() if c.keyword is not None and self.function_name in c.applies_to
-                 and c.keyword in params and c.keyword not in inputs]
-        found = list({c.keyword: c for c in reversed(found)}.values())[::-1]  # first registration wins
-        if not any(c.keyword == "scope" for c in found) and self.function_name in SCOPE.applies_to:
+
+        def usable(c):
+            return c.keyword is not None and c.keyword in params and c.keyword not in inputs
+
+        found = [c for c in self.record.conventions if usable(c)]
+        if not found:
+            found = [c for c in all_conventions() if usable(c) and self.function_name in c.applies_to]
+        found = list({c.keyword: c for c in reversed(found)}.values())[::-1]  # first one wins
+        if (not any(c.keyword == "scope" for c in found) and self.record.head_scope is not None
+                and not self.extra_inputs and self.label_kind in ("binary", "iou")):
             found.append(SCOPE)
         return tuple(found)
 
@@ -286,9 +349,12 @@ class LossSpec:
     def call_arguments(self, delta_name: str = "delta") -> list:
         """The argument expressions of the reference call, as text (``logits, labels, ious, ...``)."""
         args = [self.logits_name, self.labels_name]
-        if self.default_delta is not None:
-            args.append(f"delta={delta_name}" if self.delta_keyword else delta_name)
         args += [i.name for i in self.extra_inputs if not i.keyword]
+        if self.default_delta is not None:
+            if self.delta_keyword:
+                args.append(f"delta={delta_name}")
+            else:
+                args.insert(self.delta_index, delta_name)
         args += [f"{i.name}={i.name}" for i in self.extra_inputs if i.keyword]
         return args
 
@@ -341,16 +407,16 @@ class LossSpec:
     def _call(self, logits, targets, delta, opts, extras=()) -> LossResult:
         args = [logits, targets]
         kwargs = dict(opts)
-        if self.default_delta is not None:
-            if self.delta_keyword:
-                kwargs["delta"] = delta
-            else:
-                args.append(delta)
         for inp, value in zip(self.extra_inputs, extras):
             if inp.keyword:
                 kwargs[inp.name] = value
             else:
                 args.append(value)
+        if self.default_delta is not None:
+            if self.delta_keyword:
+                kwargs["delta"] = delta
+            else:
+                args.insert(self.delta_index, delta)
         return self.function(*args, **kwargs)
 
     def scalar_outputs(self, result: LossResult) -> Tuple[float, ...]:
@@ -393,8 +459,6 @@ def _option_space(spec: "LossSpec"):
 
 def _compute_option_space(spec: "LossSpec"):
     """keyword -> choices, keeping only values the reference accepts on a small probe input."""
-    from ._cases import probe_case
-
     base = spec.expected_options()
     space = []
     probe = None
@@ -406,7 +470,7 @@ def _compute_option_space(spec: "LossSpec"):
             space.append((c.keyword, choices))  # harness-level: always applicable
             continue
         if probe is None:
-            probe = probe_case(spec)
+            probe = _probe(spec)
         usable = []
         for v in choices:
             if _same(v, base.get(c.keyword)):
@@ -426,6 +490,18 @@ def _compute_option_space(spec: "LossSpec"):
     return tuple(space)
 
 
+def _probe(spec: "LossSpec"):
+    """A small fixed input of ``spec`` (its record's builder, seeded), for probing convention choices."""
+    from rankspec.refimpl.cases import CaseConfig, RngSource
+
+    if spec.case_builder is None:
+        return fixed_probe_case(spec.label_kind, spec.default_delta)
+    d = None if spec.default_delta is None else float(spec.default_delta)
+    cfg = CaseConfig(delta=d, max_size=12, use_grad_output=False, allow_2d=False)
+    kind = spec.kinds[0] if spec.kinds else None
+    return spec.case_builder(RngSource(np.random.default_rng(7)), spec, cfg, kind=kind, size=10, images=1)
+
+
 #: name -> spec, in the order ``rankspec check`` runs them.
 SPECS: Dict[str, LossSpec] = {}
 
@@ -434,22 +510,23 @@ def register_spec(spec: LossSpec, *, replace: bool = False) -> LossSpec:
     """Add a loss spec (see the module docstring)."""
     if not isinstance(spec, LossSpec):
         raise TypeError(f"expected LossSpec, got {type(spec).__name__}")
-    if spec.label_kind not in ("binary", "iou") and spec.case_builder is None:
-        raise ValueError(f"label_kind {spec.label_kind!r} needs a case_builder (the default builder makes "
-                         "0/1 labels ('binary') or IoU targets ('iou'))")
     if spec.shrink_layout not in SHRINK_LAYOUTS:
         raise ValueError(f"shrink_layout must be one of {', '.join(SHRINK_LAYOUTS)}, got {spec.shrink_layout!r}")
     if spec.delta_keyword and spec.default_delta is None:
-        raise ValueError("delta_keyword needs a default_delta")
+        raise ValueError("delta_keyword needs a record with a default_delta")
     if spec.name in SPECS and not replace:
         raise ValueError(f"a loss spec named {spec.name!r} is already registered")
     lookup(spec.function)  # the reference must be in the equation registry
+    spec.builder  # the record's case builder must resolve
     params = inspect.signature(spec.function).parameters
     for inp in spec.extra_inputs:
         if not isinstance(inp, Input):
             raise TypeError(f"extra_inputs must hold Input records, got {type(inp).__name__}")
         if inp.name not in params:
             raise ValueError(f"{spec.function_name} has no parameter {inp.name!r} (extra input of {spec.name!r})")
+    for name in spec.array_outputs:
+        if name not in spec.record.outputs:
+            raise ValueError(f"array output {name!r} of {spec.name!r} is not an output of {spec.function_name}")
     SPECS[spec.name] = spec
     return spec
 
@@ -472,92 +549,88 @@ _T = "rankspec.adapters.torch"
 
 # -- AP / Rank & Sort / bucketed (identity-update losses of (logits, labels / targets, delta)) -----------
 register_spec(LossSpec(
-    name="ap", title="AP Loss", function=ap_loss, label_kind="binary", default_delta=1.0,
+    name="ap", record="ap_loss", title_override="AP Loss",
     bundled_targets=(BundledTarget(f"{_T}:ap_loss"), BundledTarget(f"{_T}:APLossModule")),
 ))
 register_spec(LossSpec(
-    name="ap-interp", title="AP Loss, interpolated precision (AP-Loss authors' APLoss)", function=ap_loss,
-    label_kind="binary", default_delta=1.0, fixed_kwargs={"interpolated": True}, vectors="ap_interp",
+    name="ap-interp", record="ap_loss", title_override="AP Loss, interpolated precision (AP-Loss authors' APLoss)",
+    fixed_kwargs={"interpolated": True}, vectors="ap_interp",
     bundled_targets=(BundledTarget(f"{_T}:ap_loss", {"interpolated": True}), BundledTarget(f"{_T}:APLoss")),
 ))
 register_spec(LossSpec(
-    name="rs", title="Rank & Sort Loss", function=rs_loss, label_kind="iou", default_delta=0.5,
-    outputs=("ranking", "sorting"), vectors="rs",
+    name="rs", record="rs_loss", vectors="rs",
     bundled_targets=(BundledTarget(f"{_T}:rs_loss"), BundledTarget(f"{_T}:RankSort"),
                      BundledTarget(f"{_T}:RSLossModule")),
 ))
 register_spec(LossSpec(
-    name="bap", title="Bucketed AP Loss", function=bucketed_ap_loss, label_kind="binary", default_delta=1.0,
-    vectors="bap", bucketed=True,
+    name="bap", record="bucketed_ap_loss", vectors="bap",
     bundled_targets=(BundledTarget(f"{_T}:bucketed_ap_loss"), BundledTarget(f"{_T}:BucketedAPLoss"),
                      BundledTarget(f"{_T}:BucketedAPLossModule")),
 ))
 register_spec(LossSpec(
-    name="brs", title="Bucketed Rank & Sort Loss", function=bucketed_rs_loss, label_kind="iou",
-    default_delta=0.5, outputs=("ranking", "sorting"), vectors="brs", bucketed=True,
+    name="brs", record="bucketed_rs_loss", vectors="brs",
     bundled_targets=(BundledTarget(f"{_T}:bucketed_rs_loss"), BundledTarget(f"{_T}:BucketedRankSort"),
                      BundledTarget(f"{_T}:BucketedRSLossModule")),
 ))
 
+# -- RankDetNet, DR Loss, APE / ARPS and the Rank & Sort detector glue (issue 4's losses) -------------
+_IOUS_LEVELS = (Input("ious", grad="grad_ious"), Input("levels"))
+_RANKDET = dict(recorded=False, shrink_layout="rows", max_size=3000, default_examples=60)
+register_spec(LossSpec(
+    name="rankdet-global", record="global_ranking_loss",
+    title_override="RankDetNet global ranking loss (foreground vs background)", **_RANKDET,
+    bundled_targets=(BundledTarget(f"{_T}:global_ranking_loss"), BundledTarget(f"{_T}:GlobalRankingLoss")),
+))
+register_spec(LossSpec(
+    name="rankdet-class", record="class_specific_ranking_loss",
+    title_override="RankDetNet class-specific ranking loss", **_RANKDET,
+    bundled_targets=(BundledTarget(f"{_T}:class_specific_ranking_loss"),
+                     BundledTarget(f"{_T}:ClassSpecificRankingLoss")),
+))
+register_spec(LossSpec(
+    name="rankdet-iou", record="iou_guided_ranking_loss", title_override="RankDetNet IoU-guided ranking loss",
+    extra_inputs=_IOUS_LEVELS, **_RANKDET,
+    bundled_targets=(BundledTarget(f"{_T}:iou_guided_ranking_loss"),
+                     BundledTarget(f"{_T}:IoUGuidedRankingLoss")),
+))
+register_spec(LossSpec(
+    name="rankdet", record="rankdet_loss",
+    title_override="RankDetNet objective: global + class-specific + IoU-guided (1:1:1)",
+    extra_inputs=_IOUS_LEVELS, diagnose_depth=2, **_RANKDET,
+    bundled_targets=(BundledTarget(f"{_T}:rankdet_loss"), BundledTarget(f"{_T}:RankDetLoss")),
+))
+register_spec(LossSpec(
+    name="dr", record="dr_loss", title_override="DR Loss (distributional ranking)", recorded=False,
+    extra_inputs=(Input("image_ids", keyword=True),), shrink_layout="rows", max_size=20_000,
+    option_choices={"tau": (4.0, 1.0)},
+    bundled_targets=(BundledTarget(f"{_T}:dr_loss"), BundledTarget(f"{_T}:DRLoss")),
+))
+register_spec(LossSpec(
+    name="ape", record="ape_loss", title_override="APE loss over ARPS pairs (CE distance, IoU-weighted)",
+    recorded=False, extra_inputs=(Input("ious"),), max_size=20_000, max_work=1_000_000, default_examples=60,
+    option_choices={"pair_threshold": (None, math.inf)},
+    bundled_targets=(BundledTarget(f"{_T}:ape_loss"), BundledTarget(f"{_T}:APELoss")),
+))
+register_spec(LossSpec(
+    name="ape-pairwise", record="pairwise_error_loss",
+    title_override="AP loss as pairwise error (APE Eq. 8, H distance)", delta_keyword=True, recorded=True,
+    max_size=20_000, max_work=1_000_000, default_examples=60, option_choices={"pair_threshold": (None, math.inf)},
+    bundled_targets=(BundledTarget(f"{_T}:pairwise_error_loss"), BundledTarget(f"{_T}:PairwiseErrorLoss")),
+))
+register_spec(LossSpec(
+    name="giou", record="giou_loss", title_override="GIoU Loss (Rank & Sort detector glue)", recorded=False,
+    extra_inputs=(Input("weights"),), shrink_layout="rows", max_size=20_000,
+    bundled_targets=(BundledTarget(f"{_T}:giou_loss"), BundledTarget(f"{_T}:GIoULoss")),
+))
 
-def _register_families() -> None:
-    """RankDetNet, DR Loss, APE / ARPS and the Rank & Sort detector glue (issue 4's losses)."""
-    from ._cases import (APE_KINDS, DR_KINDS, GIOU_KINDS, RANKDET_KINDS, build_ape_case, build_dr_case,
-                         build_giou_case, build_rankdet_case)
+# -- aLRP Loss: the authors' aLRPLoss.apply(logits, targets, regression_losses, delta) -> (cls, rank, order) --
+register_spec(LossSpec(
+    name="alrp", record="alrp_loss", title_override="aLRP Loss, classification component (authors' aLRPLoss)",
+    recorded=False, extra_inputs=(Input("regression_losses"),), array_outputs=("rank", "order"),
+    max_size=20_000, max_work=1_000_000, default_examples=60, float32_buffers=("buffer_dtype", "float32"),
+    bundled_targets=(BundledTarget(f"{_T}.alrp:aLRPLoss"),),
+))
 
-    ious_levels = (Input("ious", grad="grad_ious"), Input("levels"))
-    rankdet = dict(label_kind="class", default_delta=None, recorded=False, case_builder=build_rankdet_case,
-                   kinds=RANKDET_KINDS, shrink_layout="rows", max_size=3000, default_examples=60)
-    register_spec(LossSpec(
-        name="rankdet-global", title="RankDetNet global ranking loss (foreground vs background)",
-        function=global_ranking_loss, **rankdet,
-        bundled_targets=(BundledTarget(f"{_T}:global_ranking_loss"), BundledTarget(f"{_T}:GlobalRankingLoss")),
-    ))
-    register_spec(LossSpec(
-        name="rankdet-class", title="RankDetNet class-specific ranking loss",
-        function=class_specific_ranking_loss, **rankdet,
-        bundled_targets=(BundledTarget(f"{_T}:class_specific_ranking_loss"),
-                         BundledTarget(f"{_T}:ClassSpecificRankingLoss")),
-    ))
-    register_spec(LossSpec(
-        name="rankdet-iou", title="RankDetNet IoU-guided ranking loss", function=iou_guided_ranking_loss,
-        extra_inputs=ious_levels, **rankdet,
-        bundled_targets=(BundledTarget(f"{_T}:iou_guided_ranking_loss"),
-                         BundledTarget(f"{_T}:IoUGuidedRankingLoss")),
-    ))
-    register_spec(LossSpec(
-        name="rankdet", title="RankDetNet objective: global + class-specific + IoU-guided (1:1:1)",
-        function=rankdet_loss, extra_inputs=ious_levels, diagnose_depth=2, **rankdet,
-        bundled_targets=(BundledTarget(f"{_T}:rankdet_loss"), BundledTarget(f"{_T}:RankDetLoss")),
-    ))
-    register_spec(LossSpec(
-        name="dr", title="DR Loss (distributional ranking)", function=dr_loss, label_kind="class",
-        default_delta=None, recorded=False, case_builder=build_dr_case, kinds=DR_KINDS,
-        extra_inputs=(Input("image_ids", keyword=True),), shrink_layout="rows", max_size=20_000,
-        option_choices={"tau": (4.0, 1.0)},
-        bundled_targets=(BundledTarget(f"{_T}:dr_loss"), BundledTarget(f"{_T}:DRLoss")),
-    ))
-    register_spec(LossSpec(
-        name="ape", title="APE loss over ARPS pairs (CE distance, IoU-weighted)", function=ape_loss,
-        label_kind="binary", default_delta=None, recorded=False, case_builder=build_ape_case, kinds=APE_KINDS,
-        extra_inputs=(Input("ious"),), max_size=20_000, max_work=1_000_000, default_examples=60,
-        option_choices={"pair_threshold": (None, math.inf)},
-        bundled_targets=(BundledTarget(f"{_T}:ape_loss"), BundledTarget(f"{_T}:APELoss")),
-    ))
-    register_spec(LossSpec(
-        name="ape-pairwise", title="AP loss as pairwise error (APE Eq. 8, H distance)",
-        function=pairwise_error_loss, label_kind="binary", default_delta=1.0, delta_keyword=True,
-        recorded=True, case_builder=build_ape_case, kinds=APE_KINDS, max_size=20_000, max_work=1_000_000,
-        default_examples=60, option_choices={"pair_threshold": (None, math.inf)},
-        bundled_targets=(BundledTarget(f"{_T}:pairwise_error_loss"), BundledTarget(f"{_T}:PairwiseErrorLoss")),
-    ))
-    register_spec(LossSpec(
-        name="giou", title="GIoU Loss (Rank & Sort detector glue)", function=giou_loss, label_kind="boxes",
-        default_delta=None, recorded=False, case_builder=build_giou_case, kinds=GIOU_KINDS,
-        input_names=("pred_boxes", "target_boxes"), extra_inputs=(Input("weights"),), shrink_layout="rows",
-        max_size=20_000,
-        bundled_targets=(BundledTarget(f"{_T}:giou_loss"), BundledTarget(f"{_T}:GIoULoss")),
-    ))
-
-
-_register_families()
+#: the harness-level ``scope`` convention, naming the losses it applies to (read by the docs' Conventions page)
+SCOPE = replace(SCOPE, applies_to=tuple(dict.fromkeys(
+    s.function_name for s in SPECS.values() if any(c is SCOPE for c in s.conventions))))

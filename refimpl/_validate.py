@@ -19,23 +19,38 @@ __all__ = [
     "check_iou_targets",
     "check_choice",
     "check_positive_float",
+    "check_bool",
+    "check_tie_value",
+    "check_int",
+    "check_optional_real",
+    "finite_float_array",
+    "require",
 ]
 
+#: accepted values of the ``tie_value`` convention (H(0) at delta = 0)
+TIE_VALUE_CHOICES = (1.0, 0.5, 0.0)
 
-def as_float_array(x, name: str, allow_empty: bool = False) -> np.ndarray:
-    """Return ``x`` as a float64 ndarray (a copy), or raise.
+
+def as_float_array(x, name: str, allow_empty: bool = False, copy: bool = True) -> np.ndarray:
+    """Return ``x`` as a float64 ndarray (a copy, or with ``copy=False`` the array itself when it
+    already is float64), or raise.
 
     Accepts anything ``numpy.asarray`` accepts (lists, NumPy arrays, CPU torch
     tensors).  Rejects GPU arrays, non-real dtypes, empty input (unless
-    ``allow_empty``) and NaN / Inf values.
+    ``allow_empty``) and NaN / Inf values.  Cost: O(n) time; the finiteness
+    check is two reductions (min, max) without a temporary unless it fails.
     """
+    if x is None:
+        raise TypeError(f"{name} must be array-like (a list, NumPy array or tensor), got None")
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be array-like (a list, NumPy array or tensor), got {type(x).__name__}")
     if hasattr(x, "__cuda_array_interface__"):
         raise TypeError(
             f"{name} lives on a GPU; the NumPy reference needs host memory "
             f"(call .cpu() first, or use backend='cuda' where available)"
         )
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch tensor, without importing torch
-        x = x.detach().cpu().numpy()
+        x = _tensor_to_numpy(x, name)
     try:
         arr = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic objects
@@ -46,11 +61,32 @@ def as_float_array(x, name: str, allow_empty: bool = False) -> np.ndarray:
         raise TypeError(f"{name} must have a real numeric or boolean dtype, got dtype {arr.dtype}")
     if arr.size == 0 and not allow_empty:
         raise ValueError(f"{name} is empty; at least one element is required")
-    out = np.array(arr, dtype=np.float64, copy=True)
-    if not np.all(np.isfinite(out)):
+    out = np.array(arr, dtype=np.float64, copy=True) if copy else np.asarray(arr, dtype=np.float64)
+    if out.size and not (np.isfinite(out.min()) and np.isfinite(out.max())):  # NaN propagates through min / max
         bad = int(np.count_nonzero(~np.isfinite(out)))
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s); all entries must be finite")
     return out
+
+
+def _tensor_to_numpy(x, name: str) -> np.ndarray:
+    """A torch tensor (any device NumPy can reach, any real dtype) as a NumPy array, without importing torch.
+
+    Floating tensors go through ``.double()`` first, so float16 / bfloat16 (which NumPy cannot hold)
+    convert to float64 exactly; complex tensors and tensors without data (``device="meta"``) are a
+    TypeError naming ``name``.
+    """
+    if getattr(x, "is_complex", None) is not None and x.is_complex():
+        raise TypeError(f"{name} must have a real numeric or boolean dtype, got dtype {x.dtype}")
+    device = getattr(x, "device", None)
+    if getattr(device, "type", None) == "meta":
+        raise TypeError(f"{name} is a meta tensor (no data); pass a tensor with values")
+    try:
+        t = x.detach().cpu()
+        if getattr(t, "is_floating_point", None) is not None and t.is_floating_point() and hasattr(t, "double"):
+            t = t.double()  # float16 / bfloat16 -> float64 is exact
+        return t.numpy()
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        raise TypeError(f"{name} could not be read as a host array ({type(exc).__name__}: {exc})") from exc
 
 
 def check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
@@ -108,6 +144,44 @@ def check_iou_targets(targets: np.ndarray, name: str = "targets") -> np.ndarray:
             f"{name} must lie in [0, 1] (0 = negative, IoU in (0, 1] = positive); found {example!r}"
         )
     return targets
+
+
+def check_tie_value(tie_value, delta=None) -> float:
+    """``tie_value`` (H(0) at delta = 0) must be 0.0, 0.5 or 1.0.
+
+    The one rule of every loss: with ``delta=None`` it is checked whatever delta
+    is (the AP / RS family: a bad convention value never passes silently, even
+    where it is unused); with a ``delta`` it is checked only at ``delta == 0``,
+    where it is used (families whose tie_value matters only for the exact step).
+    """
+    if isinstance(tie_value, (bool, np.bool_)) or not isinstance(tie_value, (numbers.Real, np.integer, np.floating)):
+        raise ValueError(f"tie_value must be 0.0, 0.5 or 1.0, got {tie_value!r}")
+    if (delta is None or delta == 0) and tie_value not in TIE_VALUE_CHOICES:
+        raise ValueError(f"tie_value must be 0.0, 0.5 or 1.0, got {tie_value!r}")
+    return float(tie_value)
+
+
+def check_optional_real(value, name: str):
+    """``None``, or a finite real number (the ``empty_*_score`` options of DR)."""
+    if value is None:
+        return None
+    value = _real_scalar(value, name)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite or None, got {value}")
+    return value
+
+
+def check_int(value, name: str, minimum: int) -> int:
+    """An integer >= ``minimum`` (a float with an integral value is accepted; bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def check_choice(value, name: str, choices) -> object:

@@ -30,6 +30,7 @@ PAPERS: Dict[str, str] = {
     "RS": 'Oksuz et al., "Rank & Sort Loss for Object Detection and Instance Segmentation", ICCV 2021',
     "BRL": 'Yavuz, "Bucketing Ranking-based Losses for Efficient Training of Object Detectors", MSc thesis METU 2025 / ECCV 2024',
     "DR": 'Qian et al., "DR Loss: Improving Object Detection by Distributional Ranking", CVPR 2020',
+    "aLRP": 'Oksuz et al., "A Ranking-based, Balanced Loss Function Unifying Classification and Localisation in Object Detection", NeurIPS 2020 (not in shared/papers; discussed by RS, BRL and APE)',
 }
 
 
@@ -42,6 +43,7 @@ FAMILIES: Dict[str, str] = {
     "ape": "AP loss as pairwise error, ARPS and APE (APE)",
     "detector": "Rank & Sort detector glue: IoU, GIoU, task balancing (RS Sec. 5)",
     "geometry": "Geometry utilities: rotated boxes and 3D IoU",
+    "alrp": "aLRP Loss: classification and localisation components, self-balancing (aLRP, RS, BRL)",
 }
 
 
@@ -49,7 +51,7 @@ FAMILIES: Dict[str, str] = {
 class Equation:
     """One registry entry."""
 
-    qualname: str  #: import path, e.g. ``rankspec.refimpl.rs.rs_loss``
+    qualname: str  #: import path, e.g. ``rankspec.refimpl.losses.ap_rs.rs_loss``
     name: str  #: one-line human name
     refs: Tuple[Tuple[str, str], ...]  #: ((paper key, "Eq. 7"), ...)
     family: str  #: docs page the entry belongs on (e.g. "ap-rs")
@@ -111,20 +113,17 @@ def implements(*refs: Sequence[str], name: str, family: str, kind: str = "loss")
     return deco
 
 
-def _load_all() -> None:
-    # Importing the package imports every reference module, which registers them.
-    import rankspec.refimpl  # noqa: F401
-
-
 def entries() -> List[Equation]:
-    """All registered equations, sorted by family then paper then name."""
-    _load_all()
+    """All registered equations, sorted by family then paper then name.
+
+    Complete once ``rankspec.refimpl`` is imported, which importing this module already does
+    (Python runs the package's ``__init__``, which imports every reference module).
+    """
     return sorted(_REGISTRY.values(), key=lambda e: (e.family, e.refs[0][0], e.qualname))
 
 
 def lookup(func_or_name) -> Equation:
     """The registry entry of a function (or of its qualified name)."""
-    _load_all()
     if callable(func_or_name):
         eq = getattr(func_or_name, "__rankspec_equation__", None)
         if eq is None:

@@ -22,7 +22,7 @@ pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 from rankspec.conformance import cli  # noqa: E402
-from rankspec.conformance.demo import (average_precision, match_detections, run_demo, spearman,  # noqa: E402
+from rankspec.adapters.demo import (average_precision, match_detections, run_demo, spearman,  # noqa: E402
                                        synth_scenes_2d, synth_scenes_3d)
 
 RANKING = ("rs", "brs", "rankdet")

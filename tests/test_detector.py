@@ -229,3 +229,20 @@ def test_giou_loss_gradient_matches_finite_differences():
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=words):
         call()
+
+
+@pytest.mark.parametrize("fn", [box_iou, generalized_box_iou])
+def test_aligned_must_be_a_bool(fn):
+    with pytest.raises(TypeError, match="aligned"):
+        fn([[0.0, 0.0, 1.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]], aligned="no")
+
+
+def test_giou_record_validates_once_and_runs_the_reference():
+    from rankspec.refimpl.record import get_record
+
+    rec = get_record("giou_loss")
+    # identical boxes: GIoU 1, loss 0 by hand; the record's run is the public function
+    r = rec.run("numpy", [[0.0, 0.0, 2.0, 2.0]], [[0.0, 0.0, 2.0, 2.0]])
+    assert r.loss == 0.0
+    with pytest.raises(ValueError, match="reduction"):
+        rec.run("numpy", np.zeros((0, 4)), np.zeros((0, 4)), reduction="avg")  # checked before the N == 0 return

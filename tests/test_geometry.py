@@ -187,3 +187,9 @@ def test_geometry_functions_are_registered():
         e = lookup(f)
         assert e.family == "geometry" and e.kind == "utility"
         assert e.refs[0][0] == "RankDet"
+
+
+def test_aligned_must_be_a_bool():
+    b = [[0.0, 0.0, 1.0, 1.0, 0.0]]
+    with pytest.raises(TypeError, match="aligned"):
+        rotated_bev_iou(b, b, aligned="no")

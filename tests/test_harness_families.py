@@ -171,7 +171,7 @@ def test_reproducers_of_the_bundled_targets_run_and_agree(loss):
     # a reproducer must rebuild every input and call the target exactly as the harness does (keyword inputs,
     # module classes, reference and adapter sharing a name); for a conformant target its asserts pass
     from rankspec.conformance._compare import Tolerance
-    from rankspec.conformance._repro import reproducer
+    from rankspec.conformance.harness import reproducer
     from rankspec.conformance.harness import bundled_targets
 
     spec = get_spec(loss)

@@ -675,3 +675,25 @@ def test_bad_input_of_single_losses():
     # weights[2] = 0 allows ious=None
     r = R.rankdet_loss(**dict(GOOD, ious=None), weights=(1, 1, 0, 1))
     assert r.terms["iou"] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_options_are_checked_before_the_empty_return(backend):
+    # no background sample: the loss is 0, but a bad option is still an error, on every backend
+    with pytest.raises(ValueError, match="mining"):
+        R.global_ranking_loss(np.array([1.0, 2.0]), np.array([0, 0]), mining="best", backend=backend)
+    with pytest.raises(TypeError, match="num_groups"):
+        R.class_specific_ranking_loss(np.zeros((2, 2)), np.array([0, 0]), num_groups="3", backend=backend)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_overflow_is_a_clear_error_without_warnings(backend):
+    # logit space, exponential L_rank: the pair term e^(800 - (-800)) is beyond float64
+    with pytest.raises(FloatingPointError, match="overflowed float64"):
+        R.global_ranking_loss(np.array([800.0, -800.0]), np.array([-1, 0]), score_space="logit",
+                              mining="all", backend=backend)
+    # a bounded rank function gives a finite answer at |logit| = 1e308: sigmoid(1e308 - (-1e308)) = 1, z = 1
+    r = R.global_ranking_loss(np.array([1e308, -1e308]), np.array([-1, 0]), score_space="logit",
+                              rank_function="sigmoid", mining="all", backend=backend)
+    assert r.loss == 1.0 and np.all(np.isfinite(r.grad))

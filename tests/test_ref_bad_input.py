@@ -184,3 +184,6 @@ def test_flags_must_be_bools_not_truthy_values(value):
         bucketed_ap_loss([1.0, 0.0], [1, 0], threshold=value)
     with pytest.raises(TypeError, match="threshold"):  # checked even with no positive
         bucketed_rs_loss([1.0, 0.0], [0.0, 0.0], threshold=value)
+    for backend in ("numpy", "numba"):  # validated before the zero-positives return, on every backend
+        with pytest.raises(TypeError, match="interpolated"):
+            ap_loss([1.0, 0.0, 2.0], np.zeros(3), interpolated=value, backend=backend)

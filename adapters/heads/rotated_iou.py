@@ -1,7 +1,7 @@
 r"""Vectorised PyTorch IoU of rotated boxes (BEV and 3D), used by the 3D SSD head.
 
 Same layouts, conventions and results as the NumPy reference
-:mod:`rankspec.refimpl.geometry` (which the tests compare it with, and which is
+:mod:`rankspec.refimpl.reference.geometry` (which the tests compare it with, and which is
 itself checked against ``shapely``):
 
 * BEV boxes ``(..., 5)``: ``(x, y, dx, dy, yaw)``, ``dx`` along the heading,
@@ -36,7 +36,7 @@ import math
 import torch
 
 from rankspec.refimpl._validate import check_choice
-from rankspec.refimpl.geometry import Z_ORIGINS
+from rankspec.refimpl.reference.geometry import Z_ORIGINS
 
 __all__ = ["rotated_box_corners", "rotated_bev_intersection", "rotated_bev_iou", "rotated_iou_3d",
            "nearest_bev_iou", "limit_period", "check_rotated_boxes"]
@@ -208,7 +208,7 @@ def _bev_iou_aligned(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def rotated_bev_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, *, aligned: bool = False,
                     chunk: int = _CHUNK) -> torch.Tensor:
-    """IoU of rotated BEV boxes (see :func:`rankspec.refimpl.geometry.rotated_bev_iou`); 0 for a zero union."""
+    """IoU of rotated BEV boxes (see :func:`rankspec.refimpl.reference.geometry.rotated_bev_iou`); 0 for a zero union."""
     b1 = check_rotated_boxes(boxes1, "boxes1", 5)
     b2 = check_rotated_boxes(boxes2, "boxes2", 5)
     _same(b1, b2)
@@ -217,7 +217,7 @@ def rotated_bev_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, *, aligned: bool
 
 def rotated_iou_3d(boxes1: torch.Tensor, boxes2: torch.Tensor, *, aligned: bool = False,
                    z_origin: str = "center", chunk: int = _CHUNK) -> torch.Tensor:
-    """IoU of rotated 3D boxes ``(x, y, z, dx, dy, dz, yaw)`` (see :func:`rankspec.refimpl.geometry.rotated_iou_3d`)."""
+    """IoU of rotated 3D boxes ``(x, y, z, dx, dy, dz, yaw)`` (see :func:`rankspec.refimpl.reference.geometry.rotated_iou_3d`)."""
     check_choice(z_origin, "z_origin", Z_ORIGINS)
     b1 = check_rotated_boxes(boxes1, "boxes1", 7)
     b2 = check_rotated_boxes(boxes2, "boxes2", 7)

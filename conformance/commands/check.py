@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from ._common import (UsageError, _json_object, add_head_arguments, parse_target_kwargs, run_head_check,
+                      validate_numbers, write_report)
+from ._paths import check_output_file
 
 NAME = "check"
 HELP = "check an implementation (default: the bundled torch adapters) against the reference"
@@ -31,24 +33,39 @@ batches with no, many and crowded ground truth: the same as `rankspec check-head
 
 TARGET is 'package.module:attr' or 'path/to/file.py:attr': a function returning (loss, grad),
 a function returning a torch loss, a torch.autograd.Function (e.g. the authors' RankSort), or an
-nn.Module class or instance. Without TARGET the bundled torch adapters are checked (every
-loss unless --loss is given)."""
+nn.Module class or instance, or any object with an apply (e.g. a plain class with a static apply).
+A port that lacks an input the check would pass is called without it and checked against the reading
+that fits (a DR port without image_ids: the pooled ranking, dr_loss(image_ids=None)); --call maps the
+inputs onto any other signature, --domain restricts the verdict to the inputs a port documents, and
+--loss-options checks against the reference called with other conventions (to confirm a diagnosis).
+Without TARGET the bundled torch adapters are checked (every loss unless --loss is given).
+
+TARGET runs in a worker process, never in rankspec's: its import, its probe and every call happen
+there, with a time limit per call (--call-timeout). An exit (sys.exit, os._exit), a crash (segfault),
+a hang, a write into its input or a patch of the harness is that target's failure (exit 1), with the
+case that triggered it; the report is always written, and what TARGET prints never enters it."""
 EPILOG = """\
 exit codes:
   0  conformant: every case of every check agreed within tolerance
   1  nonconformant: at least one case disagreed (or the target raised)
   2  usage error: bad TARGET string or import failure, a target whose signature fits no call
-     convention, unknown --loss, bad option values, --device cuda without CUDA
+     convention (or --call mapping), unknown --loss, bad option values (a tolerance that is negative,
+     inf or nan; a count or size below 1; a bad seed), an unwritable --output, --device cuda without
+     CUDA
 
 examples:
   rankspec check                                   # the bundled adapters, every loss
   rankspec check mypkg.losses:rank_sort --loss rs --delta 0.5
   rankspec check ./my_ap.py:APLoss --loss ap-interp --format junit --output rankspec.xml
-  rankspec check --head dense2d --loss rs          # the 2D head adapter's pipeline (= rankspec check-head)"""
+  rankspec check --head dense2d --loss rs          # the 2D head adapter's pipeline (= rankspec check-head)
+  rankspec check ./port.py:loss --loss rs --call 'labels,logits,margin=delta'   # another signature
+  rankspec check ./authors.py:RankSort --loss rs --domain '1d,delta>0,positives>=1'
+  rankspec check ./port.py:loss --loss rs --loss-options '{"self_rank": "one"}'"""
 
 
 def add_arguments(p):
-    from rankspec.conformance._targets import CALL_CONVENTIONS
+    from rankspec.conformance._domain import DOMAIN_HELP
+    from rankspec.conformance._targets import CALL_CONVENTIONS, CALL_HELP
     from rankspec.conformance.specs import spec_names
 
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -73,6 +90,8 @@ def add_arguments(p):
                    help="how to call TARGET (default: detect): pair = returns (loss, grad) from NumPy inputs; "
                         "torch-pair = the same from torch inputs; autograd = returns a torch loss; "
                         "function = torch.autograd.Function (.apply); module = nn.Module class or instance")
+    p.add_argument("--call", metavar="MAPPING", default=None, help=CALL_HELP)
+    p.add_argument("--domain", metavar="CONDITIONS", default=None, help=DOMAIN_HELP)
     p.add_argument("--target-kwargs", metavar="JSON", default=None,
                    help='keyword arguments passed on every call, e.g. \'{"interpolated": true}\'')
     p.add_argument("--tuple-backward", choices=("sum", "first"), default="sum",
@@ -83,68 +102,49 @@ def add_arguments(p):
     p.add_argument("--rtol", type=float, default=None, help="override the relative tolerance")
     p.add_argument("--no-shrink", action="store_true", help="report the first failure without shrinking it")
     p.add_argument("--shrink-seconds", type=float, default=20.0, help="time budget for shrinking (default 20)")
+    p.add_argument("--call-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="time limit of one call of TARGET (default 60). TARGET always runs in a worker process: "
+                        "a call that runs over the limit, exits (sys.exit, os._exit), crashes (segfault) or kills "
+                        "its worker is that case's failure (exit 1); after a time-out TARGET is not called again. "
+                        "What TARGET prints goes to a log, never into the report")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="always show the progress bar (default: only on a terminal)")
     prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show it")
     from rankspec.conformance.heads import HEAD_LOSSES, HEADS, SCENARIOS
 
-    from .check_head import add_head_arguments
-
     heads = p.add_argument_group("head pipelines (--head; see rankspec check-head --help)")
     add_head_arguments(heads, HEADS, HEAD_LOSSES, SCENARIOS, loss=False)
-
-
-def parse_target_kwargs(text):
-    from ..cli import UsageError
-
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--target-kwargs is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise UsageError("--target-kwargs must be a JSON object, e.g. '{\"interpolated\": true}'")
-    return value
-
-
-def write_report(report, fmt: str, output) -> None:
-    text = {"text": report.format_text, "json": report.to_json, "junit": report.to_junit}[fmt]()
-    if output:
-        with open(output, "w", encoding="utf-8") as fh:
-            fh.write(text if text.endswith("\n") else text + "\n")
-        verdict = "conformant" if report.conformant else "NONCONFORMANT"
-        print(f"rankspec: {verdict}; report written to {output}", file=sys.stderr)
-    else:
-        print(text)
 
 
 def run(args) -> int:
     from rankspec.conformance.harness import UsageProblem, check
     from rankspec.conformance._targets import TargetError, TargetSignatureError
 
-    from ..cli import UsageError
-
+    check_output_file(args.output, "--output")
     if args.head:
         return _run_head(args)
+    validate_numbers(args, {"--atol": "tolerance", "--rtol": "tolerance", "--examples": "count0", "--seed": "seed",
+                            "--max-size": "count1", "--shrink-seconds": "seconds", "--call-timeout": "timeout",
+                            "--delta": "tolerance"})
     head_only = [o for o, v in (("--scenario", args.scenario), ("--scope", args.scope),
-                                ("--loss-options", args.loss_options), ("--head-options", args.head_options)) if v]
+                                ("--head-options", args.head_options)) if v]
     if head_only:
         raise UsageError(f"{', '.join(head_only)} appl{'ies' if len(head_only) == 1 else 'y'} only with --head")
     if args.target is not None and not args.loss:
         raise UsageError("--loss is required when a TARGET is given")
-    if args.examples is not None and args.examples < 0:
-        raise UsageError("--examples must be >= 0")
-    if args.delta is not None and not (args.delta >= 0 and args.delta != float("inf")):
-        raise UsageError(f"--delta must be a finite number >= 0, got {args.delta}")
+    if args.examples == 0 and args.no_vectors:
+        raise UsageError("--examples 0 with --no-vectors runs no case at all; a check needs at least one case")
     kwargs = parse_target_kwargs(args.target_kwargs)
+    loss_options = _json_object(args.loss_options, "--loss-options")
     try:
         report = check(args.target, args.loss, delta=args.delta, examples=args.examples, seed=args.seed,
                        device=args.device, dtypes=args.dtype or ("float32", "float64"),
                        convention=args.convention, target_kwargs=kwargs, tuple_backward=args.tuple_backward,
                        vectors=not args.no_vectors, max_size=args.max_size, atol=args.atol, rtol=args.rtol,
-                       shrink=not args.no_shrink, shrink_seconds=args.shrink_seconds, progress=args.progress)
+                       shrink=not args.no_shrink, shrink_seconds=args.shrink_seconds, progress=args.progress,
+                       call_timeout=args.call_timeout, isolate=True, loss_options=loss_options, call=args.call,
+                       domain=args.domain)
     except (UsageProblem, TargetError, TargetSignatureError) as exc:
         raise UsageError(str(exc)) from None
     write_report(report, args.format, args.output)
@@ -153,12 +153,12 @@ def run(args) -> int:
 
 def _run_head(args) -> int:
     """``rankspec check --head ...``: the head pipeline check of ``rankspec check-head``."""
-    from ..cli import UsageError
-    from .check_head import run_head_check
 
     flat_only = [o for o, v in (("--convention", args.convention != "auto"), ("--target-kwargs", args.target_kwargs),
                                 ("--tuple-backward", args.tuple_backward != "sum"), ("--no-vectors", args.no_vectors),
-                                ("--max-size", args.max_size != 100_000)) if v]
+                                ("--max-size", args.max_size != 100_000), ("--call-timeout", args.call_timeout != 60.0),
+                                ("--call", args.call), ("--domain", args.domain))
+                 if v]
     if flat_only:
         raise UsageError(f"{', '.join(flat_only)} do(es) not apply to --head (a head target takes the head "
                          "loss function's signature)")

@@ -2,7 +2,9 @@
 
 The readable NumPy functions in :mod:`rankspec.refimpl` stay the oracle; the
 kernels here compute the same numbers (to rounding) and are tested against
-them.  Select a backend with the ``backend=`` keyword of
+them.  Each loss's :class:`~rankspec.refimpl.record.LossRecord` names its kernels
+(``kernels={"numba": "module:function", ...}``); every kernel takes the record's
+validated input.  Select a backend with the ``backend=`` keyword of
 :func:`~rankspec.refimpl.ap_loss`, :func:`~rankspec.refimpl.rs_loss`,
 :func:`~rankspec.refimpl.bucketed_ap_loss` and
 :func:`~rankspec.refimpl.bucketed_rs_loss`:
@@ -33,19 +35,9 @@ The algorithms and their derivations are on the "Fast paths" docs page.
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "check_backend", "dispatch", "cuda_available", "available_backends"]
+__all__ = ["BACKENDS", "check_backend", "cuda_available", "available_backends"]
 
-#: accepted values of the ``backend`` keyword
-BACKENDS = ("numpy", "numba", "cuda")
-
-_FAST_LOSSES = ("ap_loss", "rs_loss", "bucketed_ap_loss", "bucketed_rs_loss")
-
-
-def check_backend(backend) -> str:
-    """``backend`` must be one of :data:`BACKENDS`."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)!r}, got {backend!r}")
-    return backend
+from ..constants import BACKENDS, check_backend  # noqa: E402  (one definition, in refimpl.constants)
 
 
 def cuda_available() -> bool:
@@ -63,19 +55,3 @@ def cuda_available() -> bool:
 def available_backends():
     """The backends that can run on this machine now."""
     return tuple(b for b in BACKENDS if b != "cuda" or cuda_available())
-
-
-def dispatch(name: str, backend: str, logits, labels, delta, interpolated=False, **options):
-    """Run loss ``name`` on a fast ``backend`` (called by the public functions)."""
-    check_backend(backend)
-    if name not in _FAST_LOSSES:  # pragma: no cover - internal misuse
-        raise ValueError(f"no fast path for {name!r}")
-    if backend == "numba":
-        from ._numba_backend import numba_loss
-
-        return numba_loss(name, logits, labels, delta, interpolated, **options)
-    if backend == "cuda":
-        from ._cuda_backend import cuda_loss
-
-        return cuda_loss(name, logits, labels, delta, interpolated, **options)
-    raise ValueError("dispatch() is for the fast backends; call the reference for backend='numpy'")

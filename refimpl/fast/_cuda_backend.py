@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._inputs import normalizer
+from .._inputs import RankingInput, normalizer
+from .._inputs import is_device_array as _is_gpu_array
+from ..record import get_record
 from . import _numba_kernels as K
-from ._host import LOSSES, host_array, raise_like_reference
-from ._numba_backend import Options, empty_result, ill_conditioned, pack_result, reference_loss
+from ._numba_backend import empty_result, ill_conditioned, pack_result
 
-__all__ = ["cuda_loss", "require_cuda"]
+__all__ = ["cuda_ranking", "require_cuda"]
 
 NO_CUDA = ("backend='cuda' needs a CUDA GPU that numba can use (numba.cuda.is_available() is False). "
            "Use backend='numba' on the CPU, or set NUMBA_ENABLE_CUDASIM=1 before numba is imported to run "
@@ -54,84 +55,56 @@ def is_device_array(x) -> bool:
     """True for GPU arrays (``__cuda_array_interface__``) and the simulator's fake device arrays."""
     if hasattr(x, "__cuda_array_interface__"):
         return True
-    return _simulated() and type(x).__name__ == "FakeCUDAArray"
+    return _simulated() and _is_gpu_array(x)
 
 
-def _device_input(x, name, cuda):
-    """(device array, host array or None, on_gpu) for one input."""
+def _device_flat(x, n, cuda):
+    """A flat device array of the validated input ``x`` (host arrays are copied to the GPU once)."""
     if is_device_array(x):
         d = x if not hasattr(x, "__cuda_array_interface__") else cuda.as_cuda_array(x)
-        if d.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must have a real numeric or boolean dtype, got dtype {d.dtype}")
-        if d.dtype.kind == "f" and d.dtype.itemsize not in (4, 8):
-            raise TypeError(f"{name} on the GPU must be float32 or float64 for backend='cuda', got {d.dtype}")
         if d.size and not d.is_c_contiguous():
-            raise ValueError(f"{name} on the GPU must be C-contiguous for backend='cuda' (call .contiguous())")
-        return d, None, True
-    h = host_array(x)
-    return None, h, False
+            raise ValueError("arrays on the GPU must be C-contiguous for backend='cuda' (call .contiguous())")
+        return d.reshape(n)
+    return cuda.to_device(np.ascontiguousarray(x).reshape(-1))
 
 
-def _to_host(x, cuda):
-    if hasattr(x, "__cuda_array_interface__"):
-        return cuda.as_cuda_array(x).copy_to_host()
-    if is_device_array(x):
-        return x.copy_to_host()
-    return x
-
-
-def cuda_loss(name, logits, labels, delta, interpolated=False, *, self_rank, tie_value, normalization,
-              threshold=True, tied_negatives="above") -> object:
+def cuda_ranking(x: RankingInput):
     """One of the four losses with numba.cuda kernels; same result as the reference.
 
-    Device work O(N) (plus O(N) atomics into O(P) histogram slots), host work
+    Takes the validated input of :func:`~rankspec.refimpl._inputs.validate_ranking`: host arrays
+    (values checked) or GPU arrays (shape and dtype checked; the first kernel checks the values and,
+    when one is bad, :meth:`~rankspec.refimpl._inputs.RankingInput.on_host` raises the validator's
+    error).  Device work O(N) (plus O(N) atomics into O(P) histogram slots), host work
     O(P log P), transfers O(P) besides the input (when it is on the host) and
     the gradient (when the input was on the host).  Extra GPU memory O(N + P).
+    Returns None for ill-conditioned calls (the record then runs the reference on the host).
     """
     cuda = require_cuda()
-    spec = LOSSES[name]
-    ds, hs, s_gpu = _device_input(logits, "logits", cuda)
-    dt, ht, t_gpu = _device_input(labels, spec.labels_name, cuda)
-
-    def reject():
-        raise_like_reference(spec, _to_host(logits, cuda), _to_host(labels, cuda), delta, normalization)
-
-    if (ds is None and hs is None) or (dt is None and ht is None):
-        reject()
-    shape_s = ds.shape if ds is not None else hs.shape
-    shape_t = dt.shape if dt is not None else ht.shape
-    if shape_s != shape_t or int(np.prod(shape_s)) == 0:
-        reject()
-    shape = tuple(shape_s)
+    rec = get_record(x.name)
+    shape = tuple(x.shape)
     n = int(np.prod(shape))
-    if ds is None:
-        ds = cuda.to_device(np.ascontiguousarray(hs).reshape(-1))
-    else:
-        ds = ds.reshape(n)
-    if dt is None:
-        dt = cuda.to_device(np.ascontiguousarray(ht).reshape(-1))
-    else:
-        dt = dt.reshape(n)
+    ds = _device_flat(x.logits, n, cuda)
+    dt = _device_flat(x.targets, n, cuda)
+    on_gpu = x.on_device and is_device_array(x.raw[0])
     from . import _cuda_kernels as C
 
     blocks, threads = _launch(n)
-    # ---- validate, count positives, largest negative logit
+    # ---- count positives, largest negative logit (and the values of GPU input)
     out_i = cuda.to_device(np.zeros(2, np.int64))
     out_f = cuda.to_device(np.full(1, -np.inf))
-    C.k_count[blocks, threads](ds, dt, spec.continuous, out_i, out_f)
+    C.k_count[blocks, threads](ds, dt, rec.continuous, out_i, out_f)
     bad, P = (int(v) for v in out_i.copy_to_host())
     max_neg = float(out_f.copy_to_host()[0])
     if bad:
-        reject()
-    opt = Options(spec, delta, normalization, self_rank, tie_value, interpolated, threshold, tied_negatives)
-    on_gpu = s_gpu
+        x.on_host()  # raises the validator's error for the bad value
+        raise RuntimeError(  # pragma: no cover
+            f"{x.name}: the CUDA kernels rejected input that the validator accepts; please report this")
     if P == 0:
-        res = empty_result(spec, shape)
+        res = empty_result(x)
         if on_gpu:
             return type(res)(res.loss, cuda.to_device(res.grad), res.terms)
         return res
-    opt.for_positives()
-    Z = normalizer(P, normalization)
+    Z = normalizer(P, x.normalization)
     invZ = 1.0 / Z
 
     # ---- gather and sort the positives (host)
@@ -148,37 +121,34 @@ def cuda_loss(name, logits, labels, delta, interpolated=False, *, self_rank, tie
     order = np.argsort(pv)
     p = np.ascontiguousarray(pv[order])
     y = np.ascontiguousarray(py[order])
-    if ill_conditioned(p, opt.delta, max_neg):  # delta tiny against the logits: the reference, on the host
-        res = reference_loss(name, _to_host(logits, cuda), _to_host(labels, cuda), delta, interpolated,
-                             self_rank=self_rank, tie_value=tie_value, normalization=normalization,
-                             threshold=threshold, tied_negatives=tied_negatives)
-        return type(res)(res.loss, cuda.to_device(res.grad) if on_gpu else res.grad, res.terms)
+    if ill_conditioned(p, x.delta, max_neg):  # delta tiny against the logits: the record runs the reference
+        return None
     d_pos_idx = cuda.to_device(np.ascontiguousarray(idx[order]))
-    b = K.boundaries(p, opt.delta)
+    b = K.boundaries(p, x.delta)
     bp, nb, start, lo, invw, G, _fast = K.make_table(b)
-    nsl = 2 * nb + 1 if opt.exact else nb + 1
-    interp = opt.interpolated
+    nsl = 2 * nb + 1 if x.exact else nb + 1
+    interp = x.interpolated
     g = cuda.device_array(n, np.float64)
 
-    if not spec.bucketed:
+    if not rec.bucketed:
         d_bp = cuda.to_device(bp)
         d_start = cuda.to_device(start)
         d_cnt = cuda.to_device(np.zeros(nsl))
         d_sm = cuda.to_device(np.zeros(nsl))
         hist = C.k_hist_shared if nsl <= C.SHARED_SLOTS else C.k_hist_global
-        hist[blocks, threads](ds, dt, d_bp, nb, d_start, lo, invw, G, opt.exact, d_cnt, d_sm)
+        hist[blocks, threads](ds, dt, d_bp, nb, d_start, lo, invw, G, x.exact, d_cnt, d_sm)
         cnt = d_cnt.copy_to_host()
         sm = d_sm.copy_to_host()
-        A, B, gpos, rsum, ssum = K.positive_stage(p, y, spec.with_sort, cnt, sm, b, opt.exact, opt.delta, opt.tie,
-                                                  opt.sigma, interp, max_neg, invZ)
-        C.k_grad[blocks, threads](ds, dt, d_bp, nb, d_start, lo, invw, G, opt.exact, cuda.to_device(A),
+        A, B, gpos, rsum, ssum = K.positive_stage(p, y, rec.with_sort, cnt, sm, b, x.exact, x.delta, x.tie_value,
+                                                  x.self_value, interp, max_neg, invZ)
+        C.k_grad[blocks, threads](ds, dt, d_bp, nb, d_start, lo, invw, G, x.exact, cuda.to_device(A),
                                   cuda.to_device(B), g)
         C.k_scatter[_launch(P)](d_pos_idx, cuda.to_device(gpos), g)
-        return pack_result(spec, _output(g, shape, on_gpu), rsum, ssum, P, Z)
+        return pack_result(x, _output(g, shape, on_gpu), rsum, ssum, P, Z)
 
     # ---- bucketed (BRL Alg. 2)
-    above = tied_negatives == "above"
-    thr = float(p[0] - opt.delta) if opt.threshold else -np.inf
+    above = x.tied_negatives == "above"
+    thr = float(p[0] - x.delta) if x.threshold else -np.inf
     pdist, cum = K.distinct(p)
     pbp, _pnb, pstart, plo, pinvw, pG, _pf = K.make_table(pdist)
     d_pbp = cuda.to_device(pbp)
@@ -197,14 +167,14 @@ def cuda_loss(name, logits, labels, delta, interpolated=False, *, self_rank, tie
                                            d_off.copy_to_host())
     proto_max = float(proto.max()) if proto.size else -np.inf
     tb = (bp, nb, start, lo, invw, G, _fast)
-    cnt, sm = K.weighted_hist(proto, wts, tb, opt.exact, nsl)
-    A, B, gpos, rsum, ssum = K.positive_stage(p, y, spec.with_sort, cnt, sm, b, opt.exact, opt.delta, opt.tie,
-                                              opt.sigma, False, proto_max, invZ)
+    cnt, sm = K.weighted_hist(proto, wts, tb, x.exact, nsl)
+    A, B, gpos, rsum, ssum = K.positive_stage(p, y, rec.with_sort, cnt, sm, b, x.exact, x.delta, x.tie_value,
+                                              x.self_value, False, proto_max, invZ)
     v = np.zeros(P + 1)
-    v[used] = K.slot_values(proto, tb, opt.exact, A, B)
+    v[used] = K.slot_values(proto, tb, x.exact, A, B)
     C.k_bucket_grad[blocks, threads](d_kidx, cuda.to_device(v), g)
     C.k_scatter[_launch(P)](d_pos_idx, cuda.to_device(gpos), g)
-    return pack_result(spec, _output(g, shape, on_gpu), rsum, ssum, P, Z, num_buckets=used.size)
+    return pack_result(x, _output(g, shape, on_gpu), rsum, ssum, P, Z, num_buckets=used.size)
 
 
 def _output(g, shape, on_gpu):

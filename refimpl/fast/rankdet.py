@@ -26,6 +26,11 @@ and 3P for OHEM.  Here:
 operations only when converted to an array (``np.asarray(terms["z"])``), and ``terms["negatives"]``
 for ``mining="all"`` / ``"ohem"`` as a lazy sequence of the same one-element index arrays, so
 that asking for a loss never allocates U x P.
+
+Every entry point takes the validated input of the loss's record
+(:mod:`rankspec.refimpl.losses.rankdet`); the records name ``numba_<loss>`` / ``cuda_<loss>``.
+This module uses only public functions of :mod:`rankspec.refimpl.reference.rankdet` (the
+global / class-specific assembly with this module's pair block, the confidences, the mining).
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ from functools import partial
 import numpy as np
 
 from .._result import LossResult
-from .._validate import check_choice
-from .. import rankdet as R
-from . import check_backend
+from ..constants import check_backend
+from ..reference.rankdet import (PairLoss, class_specific_reference, combine_rankdet, confidence, global_reference,
+                                 group_negatives, ohem_negatives, rank_function_values)
 from . import _pair_kernels as K
 
 __all__ = ["PairWeights", "SingletonUnits", "fast_pair_loss", "fast_global", "fast_class_specific", "fast_iou_guided",
-           "fast_rankdet"]
+           "fast_rankdet", "numba_global", "cuda_global", "numba_class_specific", "cuda_class_specific",
+           "numba_iou_guided", "cuda_iou_guided", "numba_rankdet", "cuda_rankdet"]
 
 _RF = {"exponential": K.RF_EXP, "sigmoid": K.RF_SIGMOID, "logistic": K.RF_LOGISTIC}
 _IOU_GRAD = {"higher": 0, "both": 1, "none": 2}
@@ -67,8 +73,9 @@ class PairWeights:
         if self.size == 0:
             z = np.zeros(self.shape)
         else:
-            x = self._neg[:, None] - self._pos[None, :]
-            L, _ = R.rank_function_values(x, self._rf)
+            with np.errstate(over="ignore"):
+                x = self._neg[:, None] - self._pos[None, :]
+            L, _ = rank_function_values(x, self._rf)
             if self._rw == "dynamic":
                 z = L / L.sum()
             elif self._rw == "mean":
@@ -162,19 +169,15 @@ def _pair_sums(backend, unit_f, pos_f, rank_function, reweighting):
     return loss, g_u, g_p
 
 
-def fast_pair_loss(backend, neg_f, pos_f, *, rank_function="exponential", reweighting="dynamic", z=None):
-    """:func:`~rankspec.refimpl.rankdet.reweighted_pair_loss` on a fast backend (z lazy)."""
+def fast_pair_loss(backend, x) -> PairLoss:
+    """:func:`~rankspec.refimpl.reweighted_pair_loss` on a fast backend for validated input ``x``
+    (:class:`~rankspec.refimpl.losses.rankdet.PairInput` without frozen ``z``; z lazy)."""
     check_backend(backend)
-    if z is not None:  # frozen weights: the U x P matrix is given, the reference's O(U P) is the cost
-        return R.reweighted_pair_loss(neg_f, pos_f, rank_function=rank_function, reweighting=reweighting, z=z)
-    check_choice(reweighting, "reweighting", R.REWEIGHTINGS)
-    neg_f = np.asarray(neg_f, dtype=np.float64).ravel()
-    pos_f = np.asarray(pos_f, dtype=np.float64).ravel()
+    neg_f, pos_f = x.neg_f, x.pos_f
     if neg_f.size == 0 or pos_f.size == 0:
-        return R.PairLoss(0.0, np.zeros(neg_f.size), np.zeros(pos_f.size), np.zeros((neg_f.size, pos_f.size)))
-    check_choice(rank_function, "rank_function", R.RANK_FUNCTIONS)
-    loss, g_u, g_p = _pair_sums(backend, neg_f, pos_f, rank_function, reweighting)
-    return R.PairLoss(loss, g_u, g_p, PairWeights(neg_f, pos_f, rank_function, reweighting))
+        return PairLoss(0.0, np.zeros(neg_f.size), np.zeros(pos_f.size), np.zeros((neg_f.size, pos_f.size)))
+    loss, g_u, g_p = _pair_sums(backend, neg_f, pos_f, x.rank_function, x.reweighting)
+    return PairLoss(loss, g_u, g_p, PairWeights(neg_f, pos_f, x.rank_function, x.reweighting))
 
 
 def _units(f_neg, key_neg, num_pos, *, mining, num_groups, neg_ratio, group_split):
@@ -183,11 +186,11 @@ def _units(f_neg, key_neg, num_pos, *, mining, num_groups, neg_ratio, group_spli
     if mining == "all":
         return np.arange(M), M, SingletonUnits(np.arange(M))
     if mining == "ohem":
-        sel = R.ohem_negatives(key_neg, num_pos, neg_ratio)
+        sel = ohem_negatives(key_neg, num_pos, neg_ratio)
         ids = np.full(M, -1, np.int64)
         ids[sel] = np.arange(sel.size)
         return ids, sel.size, SingletonUnits(sel)
-    groups = R.group_negatives(f_neg, num_groups, group_split)
+    groups = group_negatives(f_neg, num_groups, group_split)
     ids = np.full(M, -1, np.int64)
     for g, members in enumerate(groups):
         ids[members] = g
@@ -206,8 +209,7 @@ def _block(backend, f, key, pos, neg, *, mining, num_groups, neg_ratio, group_sp
     else:
         units = [neg[u] for u in local]
     if U == 0:
-        out = fast_pair_loss(backend, np.zeros(0), f[pos], rank_function=rank_function, reweighting=reweighting)
-        return out.loss, grad_f, {"negatives": units, "z": out.z, "num_pairs": 0}
+        return 0.0, grad_f, {"negatives": units, "z": np.zeros((0, pos.size)), "num_pairs": 0}
     kept = ids >= 0
     size = np.bincount(ids[kept], minlength=U).astype(np.float64)
     unit_f = np.bincount(ids[kept], weights=f[neg][kept], minlength=U) / size  # the group means
@@ -221,39 +223,27 @@ def _block(backend, f, key, pos, neg, *, mining, num_groups, neg_ratio, group_sp
 
 # --------------------------------------------------------------------------- the three losses
 
-def fast_global(backend, logits, labels, *, rank_function="exponential", score_space="probability",
-                reweighting="dynamic", mining="group", num_groups=15, neg_ratio=3, group_split="range",
-                objectness="max") -> LossResult:
-    """:func:`~rankspec.refimpl.rankdet.global_ranking_loss` on a fast backend: the reference's
-    assembly with the pair block of this module."""
+def fast_global(backend, x) -> LossResult:
+    """:func:`~rankspec.refimpl.global_ranking_loss` on a fast backend: the reference's assembly
+    (:func:`~rankspec.refimpl.reference.rankdet.global_reference`) with the pair block of this module."""
     check_backend(backend)
-    return R._global_ranking(logits, labels, rank_function=rank_function, score_space=score_space,
-                             reweighting=reweighting, mining=mining, num_groups=num_groups, neg_ratio=neg_ratio,
-                             group_split=group_split, objectness=objectness, block=partial(_block, backend))
+    return global_reference(x, block=partial(_block, backend))
 
 
-def fast_class_specific(backend, logits, labels, *, rank_function="exponential", score_space="probability",
-                        reweighting="dynamic", mining="group", num_groups=3, neg_ratio=3, group_split="range",
-                        class_reduction="sum") -> LossResult:
-    """:func:`~rankspec.refimpl.rankdet.class_specific_ranking_loss` on a fast backend: the reference's
-    per-class loop with the pair block of this module."""
+def fast_class_specific(backend, x) -> LossResult:
+    """:func:`~rankspec.refimpl.class_specific_ranking_loss` on a fast backend: the reference's per-class
+    loop (:func:`~rankspec.refimpl.reference.rankdet.class_specific_reference`) with this module's block."""
     check_backend(backend)
-    return R._class_specific_ranking(logits, labels, rank_function=rank_function, score_space=score_space,
-                                     reweighting=reweighting, mining=mining, num_groups=num_groups,
-                                     neg_ratio=neg_ratio, group_split=group_split, class_reduction=class_reduction,
-                                     block=partial(_block, backend))
+    return class_specific_reference(x, block=partial(_block, backend))
 
 
-def fast_iou_guided(backend, logits, labels, ious, levels=None, *, alpha=1.0, rank_function="exponential",
-                    score_space="probability", iou_grad="higher", iou_pairs="unordered",
-                    iou_normalization="none") -> LossResult:
-    """:func:`~rankspec.refimpl.rankdet.iou_guided_ranking_loss` on a fast backend: per (class,
-    level) group an O(m^2) loop without the m x m matrices (numba; the CUDA backend runs the
-    same CPU loop, the groups being small)."""
+def fast_iou_guided(backend, x) -> LossResult:
+    """:func:`~rankspec.refimpl.iou_guided_ranking_loss` on a fast backend: per (class, level) group an
+    O(m^2) loop without the m x m matrices (numba; the CUDA backend runs the same CPU loop, the
+    groups being small)."""
     check_backend(backend)
-    alpha, s_log, lab, iou, lev = R._parse_iou_guided(logits, labels, ious, levels, alpha, rank_function, iou_grad,
-                                                      iou_pairs, iou_normalization)
-    R._confidence(s_log[:0], score_space)  # the reference's score_space check, at the same point
+    s_log, lab, iou, lev, alpha = x.logits, x.labels, x.ious, x.levels, x.alpha
+    rank_function, iou_grad, iou_pairs = x.rank_function, x.iou_grad, x.iou_pairs
     n = s_log.shape[0]
     grad = np.zeros(s_log.shape)
     grad_ious = np.zeros(n)
@@ -262,13 +252,13 @@ def fast_iou_guided(backend, logits, labels, ious, levels=None, *, alpha=1.0, ra
     pos = np.flatnonzero(lab >= 0)
     if pos.size:
         c_pos, k_pos = lab[pos], lev[pos]
-        f_pos, df_pos = R._confidence(s_log[pos, c_pos], score_space)
+        f_pos, df_pos = confidence(s_log[pos, c_pos], x.score_space)
         order = np.lexsort((pos, k_pos, c_pos))  # groups in the reference's (class, level) order
         c_o, k_o = c_pos[order], k_pos[order]
         cuts = np.flatnonzero((np.diff(c_o) != 0) | (np.diff(k_o) != 0)) + 1
         rf = _RF[rank_function]
         mult = 1.0 if iou_pairs == "unordered" else 2.0
-        L0 = float(R.rank_function_values(np.array(0.0), rank_function)[0])
+        L0 = float(rank_function_values(np.array(0.0), rank_function)[0])
         for grp in np.split(order, cuts):
             m = grp.size
             f, sv = np.ascontiguousarray(f_pos[grp]), np.ascontiguousarray(iou[pos[grp]])
@@ -283,23 +273,61 @@ def fast_iou_guided(backend, logits, labels, ious, levels=None, *, alpha=1.0, ra
             grad[members, c_pos[grp]] += mult * gf * df_pos[grp]
             if iou_grad != "none":
                 grad_ious[members] += mult * gs
-    if iou_normalization == "pairs" and num_pairs > 0:
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"the {rank_function} IoU-guided ranking loss overflowed float64; use "
+                                 "score_space='probability' or a bounded rank_function")
+    if x.iou_normalization == "pairs" and num_pairs > 0:
         loss /= num_pairs
         grad /= num_pairs
         grad_ious /= num_pairs
     return LossResult(float(loss), grad, {"iou": float(loss), "grad_ious": grad_ious, "num_pairs": num_pairs})
 
 
-def fast_rankdet(backend, logits, labels, ious=None, levels=None, regression=0.0, *, weights=(1.0, 1.0, 1.0, 1.0),
-                 rank_function="exponential", score_space="probability", reweighting="dynamic", mining="group",
-                 global_groups=15, class_groups=3, neg_ratio=3, group_split="range", objectness="max",
-                 class_reduction="sum", alpha=1.0, iou_grad="higher", iou_pairs="unordered",
-                 iou_normalization="none") -> LossResult:
-    """:func:`~rankspec.refimpl.rankdet.rankdet_loss` on a fast backend (its three losses run here)."""
+def fast_rankdet(backend, x) -> LossResult:
+    """:func:`~rankspec.refimpl.rankdet_loss` on a fast backend: its three losses run here, combined by
+    :func:`~rankspec.refimpl.reference.rankdet.combine_rankdet`."""
     check_backend(backend)
-    return R.rankdet_loss(logits, labels, ious, levels, regression, weights=weights, rank_function=rank_function,
-                          score_space=score_space, reweighting=reweighting, mining=mining,
-                          global_groups=global_groups, class_groups=class_groups, neg_ratio=neg_ratio,
-                          group_split=group_split, objectness=objectness, class_reduction=class_reduction,
-                          alpha=alpha, iou_grad=iou_grad, iou_pairs=iou_pairs, iou_normalization=iou_normalization,
-                          backend=backend)
+    r = None if x.iou is None else fast_iou_guided(backend, x.iou)
+    return combine_rankdet(x, fast_global(backend, x.global_), fast_class_specific(backend, x.class_), r)
+
+
+# --------------------------------------------------------------------------- the records' kernels
+
+def numba_global(x):
+    """``backend="numba"`` of :func:`~rankspec.refimpl.global_ranking_loss`."""
+    return fast_global("numba", x)
+
+
+def cuda_global(x):
+    """``backend="cuda"`` of :func:`~rankspec.refimpl.global_ranking_loss`."""
+    return fast_global("cuda", x)
+
+
+def numba_class_specific(x):
+    """``backend="numba"`` of :func:`~rankspec.refimpl.class_specific_ranking_loss`."""
+    return fast_class_specific("numba", x)
+
+
+def cuda_class_specific(x):
+    """``backend="cuda"`` of :func:`~rankspec.refimpl.class_specific_ranking_loss`."""
+    return fast_class_specific("cuda", x)
+
+
+def numba_iou_guided(x):
+    """``backend="numba"`` of :func:`~rankspec.refimpl.iou_guided_ranking_loss`."""
+    return fast_iou_guided("numba", x)
+
+
+def cuda_iou_guided(x):
+    """``backend="cuda"`` of :func:`~rankspec.refimpl.iou_guided_ranking_loss`."""
+    return fast_iou_guided("cuda", x)
+
+
+def numba_rankdet(x):
+    """``backend="numba"`` of :func:`~rankspec.refimpl.rankdet_loss`."""
+    return fast_rankdet("numba", x)
+
+
+def cuda_rankdet(x):
+    """``backend="cuda"`` of :func:`~rankspec.refimpl.rankdet_loss`."""
+    return fast_rankdet("cuda", x)
