@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rankspec.refimpl._validate import check_choice, check_delta
-from rankspec.refimpl._inputs import NORMALIZATION_CHOICES
-from rankspec.refimpl.primitives import self_term
+from rankspec.refimpl._inputs import NORMALIZATION_CHOICES, check_ranking_options
+from rankspec.refimpl._validate import as_float_array, check_bool, check_choice
 
-__all__ = ["Parsed", "parse", "SCOPE_CHOICES", "TIED_NEGATIVES_CHOICES"]
+__all__ = ["Parsed", "parse", "SCOPE_CHOICES", "TIED_NEGATIVES_CHOICES", "check_logits", "check_labels",
+           "check_tensor", "as_float64_tensor", "check_return_terms"]
 
-SCOPE_CHOICES = ("batch", "image")
+SCOPE_CHOICES = ("batch", "image", "distributed")  # "distributed": see ._distributed
 TIED_NEGATIVES_CHOICES = ("above", "below")
 TIE_VALUE_CHOICES = (0.0, 0.5, 1.0)
 
@@ -39,12 +39,41 @@ class Parsed:
     self_value: float  #: value of the i == j term of rank^+(i)
     tie_value: float
     normalization: str
+    interpolated: bool = False
+    threshold: bool = True
+    tied_negatives: str = "above"
+
+
+def check_tensor(x, name: str) -> torch.Tensor:
+    """``x`` must be a torch tensor with data: a TypeError naming ``name`` otherwise (a ``device="meta"``
+    tensor has no values to rank)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise TypeError(f"{name} is a meta tensor (no data); pass a tensor with values")
+    return x
+
+
+def as_float64_tensor(x, name: str, device, allow_empty: bool = True) -> torch.Tensor:
+    """A non-tensor array argument (list, tuple, NumPy array) as a float64 tensor on ``device``.
+
+    The conversion and its checks are the reference's (:func:`rankspec.refimpl._validate.as_float_array`):
+    float64 without loss (a Python list of IoUs is not rounded to float32), finite values, real dtype;
+    errors name ``name``.
+    """
+    arr = as_float_array(x, name, allow_empty=allow_empty)
+    return torch.from_numpy(arr).to(device)
+
+
+def check_return_terms(return_terms) -> bool:
+    """``return_terms`` must be a bool, as every flag of the reference (``"no"`` is a TypeError)."""
+    return check_bool(return_terms, "return_terms")
 
 
 def check_logits(logits, name: str = "logits") -> torch.Tensor:
-    """``logits`` must be a non-empty, finite, floating-point torch tensor."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    """``logits`` must be a non-empty, finite, floating-point torch tensor (values checked with torch
+    reductions on the tensor's own device: no copy to the host)."""
+    check_tensor(logits, name)
     if not logits.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64), "
                         f"got {logits.dtype}")
@@ -63,18 +92,28 @@ def _as_tensor_like(x, name: str, logits: torch.Tensor) -> torch.Tensor:
         if x.device != logits.device:
             raise ValueError(f"{name} is on device {x.device} but logits is on device {logits.device}; "
                              f"they must be on the same device")
-        return x
+        return check_tensor(x, name)
     try:
-        return torch.as_tensor(x, device=logits.device)
+        arr = np.asarray(x)  # Python floats -> float64 (torch.as_tensor would give float32)
     except Exception as exc:
         raise TypeError(f"{name} must be a torch.Tensor (or array-like), got {type(x).__name__}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a torch.Tensor (or array-like) with a real numeric or boolean dtype, "
+                        f"got {type(x).__name__} of dtype {arr.dtype}")
+    return torch.as_tensor(arr, device=logits.device)
 
 
 def check_labels(labels, logits: torch.Tensor, name: str, continuous: bool) -> torch.Tensor:
-    """Binary labels (0/1, bool allowed) or IoU targets (0 or in (0, 1]) with the logits' shape."""
-    t = _as_tensor_like(labels, name, logits)
+    """Binary labels (0/1, bool allowed) or IoU targets (0 or in (0, 1]) with the logits' shape.
+
+    A tensor stays on its device (values checked by torch reductions); anything else (list, tuple,
+    NumPy array) is converted by the reference's rules to float64 (:func:`as_float64_tensor`)."""
+    if isinstance(labels, torch.Tensor):
+        t = _as_tensor_like(labels, name, logits)
+    else:
+        t = as_float64_tensor(labels, name, logits.device)
     if t.is_complex():
-        raise TypeError(f"{name} must have a real or boolean dtype, got {t.dtype}")
+        raise TypeError(f"{name} must have a real numeric or boolean dtype, got dtype {t.dtype}")
     if t.shape != logits.shape:
         raise ValueError(f"logits has shape {tuple(logits.shape)} but {name} has shape {tuple(t.shape)}; "
                          f"they must match")
@@ -108,6 +147,8 @@ def check_segments(scope: str, image_ids, logits: torch.Tensor):
     broadcast over the remaining dimensions.  Ids may be any integers.
     """
     check_choice(scope, "scope", SCOPE_CHOICES)
+    if scope == "distributed":  # handled before parsing (functional._distributed_loss)
+        raise ValueError("scope='distributed' is not supported by this call; use scope='batch' or 'image'")
     n = logits.numel()
     if scope == "batch":
         if image_ids is not None:
@@ -129,7 +170,9 @@ def check_segments(scope: str, image_ids, logits: torch.Tensor):
 
 
 def check_tie_value(tie_value, delta: float) -> float:
-    """``tie_value`` is a real number; at ``delta == 0`` it must be 0, 0.5 or 1 (the reference's rule)."""
+    """``tie_value`` is a real number; at ``delta == 0`` it must be 0, 0.5 or 1 (the rule of the losses
+    whose tie value matters only for the exact step; the AP / RS family uses the reference's stricter
+    :func:`~rankspec.refimpl._inputs.check_ranking_options`)."""
     if isinstance(tie_value, bool) or not isinstance(tie_value, numbers.Real):
         raise TypeError(f"tie_value must be a real number, got {type(tie_value).__name__}")
     tie_value = float(tie_value)
@@ -139,25 +182,28 @@ def check_tie_value(tie_value, delta: float) -> float:
 
 
 def parse(logits, labels, delta, *, labels_name: str, continuous: bool, self_rank: str, tie_value,
-          normalization: str, scope: str = "batch", image_ids=None) -> Parsed:
-    """Validate one call of an AP / RS family loss and flatten it to float64."""
+          normalization: str, scope: str = "batch", image_ids=None, interpolated=False, threshold=True,
+          tied_negatives="above") -> Parsed:
+    """Validate one call of an AP / RS family loss and flatten it to float64.
+
+    Same checks, order and messages as the reference's
+    :func:`~rankspec.refimpl._inputs.validate_ranking` (arrays, shapes, label values, then
+    :func:`~rankspec.refimpl._inputs.check_ranking_options`), plus the torch rules (logits a
+    floating tensor, one device, ``scope`` / ``image_ids``).  Values of CUDA tensors are checked
+    with reductions on the GPU.  O(n).
+    """
     check_logits(logits)
     t = check_labels(labels, logits, labels_name, continuous)
-    delta = check_delta(delta)
-    tie_value = check_tie_value(tie_value, delta)
-    self_value = self_term(delta, self_rank, tie_value)  # validates self_rank (and h0 with tie 0 at delta 0)
-    check_choice(normalization, "normalization", NORMALIZATION_CHOICES)
+    opts = check_ranking_options(delta, self_rank=self_rank, tie_value=tie_value, normalization=normalization,
+                                 interpolated=interpolated, threshold=threshold, tied_negatives=tied_negatives)
     seg, num_segments = check_segments(scope, image_ids, logits)
     s = logits.detach().reshape(-1).to(torch.float64)
-    return Parsed(logits.shape, logits.dtype, s, t, seg, num_segments, delta, float(self_value), tie_value,
-                  normalization)
+    return Parsed(logits.shape, logits.dtype, s, t, seg, num_segments, opts.delta, opts.self_value,
+                  opts.tie_value, opts.normalization, opts.interpolated, opts.threshold, opts.tied_negatives)
 
 
 def check_bucket_options(threshold, tied_negatives) -> tuple:
-    if isinstance(threshold, np.bool_):
-        threshold = bool(threshold)
-    if not isinstance(threshold, (bool, int)) or threshold not in (0, 1):
-        raise TypeError(f"threshold must be a bool, got {threshold!r}")
+    """``threshold`` a bool and ``tied_negatives`` "above" / "below", with the reference's messages."""
+    threshold = check_bool(threshold, "threshold")
     check_choice(tied_negatives, "tied_negatives", TIED_NEGATIVES_CHOICES)
-    return bool(threshold), tied_negatives
-
+    return threshold, tied_negatives

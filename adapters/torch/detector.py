@@ -1,11 +1,12 @@
 """PyTorch detector glue of RS Sec. 5: IoU, GIoU, GIoU Loss, score-based weights, task balancing.
 
-Same conventions and defaults as :mod:`rankspec.refimpl.detector`.  IoU, GIoU
+Same conventions and defaults as :mod:`rankspec.refimpl.reference.detector`.  IoU, GIoU
 and the GIoU Loss are plain differentiable torch expressions (autograd gives
 the gradient; ``torch.autograd.gradcheck`` applies away from the kinks of
 ``min``/``max``); the score-based weights and the task-balancing coefficient
 are returned detached, because RS Sec. 5.2 treats them as constants.  Results
-keep the input dtype (float32 or float64) and device; everything is
+keep the input dtype and device (float16 / bfloat16 inputs are computed in
+float32, with autocast off; see :mod:`._precision`); everything is
 vectorised: O(N) for aligned boxes, O(N M) for all pairs.
 """
 
@@ -14,18 +15,27 @@ from __future__ import annotations
 import torch
 
 from rankspec.refimpl._validate import check_choice, check_positive_float
-from rankspec.refimpl.detector import (BALANCING_CHOICES, CLASS_REDUCE_CHOICES, GIOU_REDUCTION_CHOICES,
-                                       WEIGHT_SUM_EPS)
+from rankspec.refimpl.reference.detector import (BALANCING_CHOICES, CLASS_REDUCE_CHOICES, GIOU_REDUCTION_CHOICES,
+                                                 WEIGHT_SUM_EPS)
+
+from rankspec.refimpl._validate import check_bool
+
+from . import _precision
+from ._inputs import as_float64_tensor, check_return_terms, check_tensor
 
 __all__ = ["box_iou", "generalized_box_iou", "giou_loss", "score_based_weights", "value_based_task_weight",
            "magnitude_based_task_weight", "task_balanced_loss", "GIoULoss", "TaskBalancedLoss"]
 
 
-def _check_float_tensor(x, name: str, allow_empty: bool = True) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+def _check_float_tensor(x, name: str, allow_empty: bool = True, like: torch.Tensor = None) -> torch.Tensor:
+    """A floating tensor with finite values; with ``like`` a non-tensor (list, NumPy array) is read by the
+    reference's rules as float64 on ``like``'s device (a target or weight needs no gradient)."""
+    if like is not None and not isinstance(x, torch.Tensor):
+        x = as_float64_tensor(x, name, like.device)
+    check_tensor(x, name)
     if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype (float32 or float64), got {x.dtype}")
+        raise TypeError(f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64), "
+                        f"got {x.dtype}")
     if x.numel() == 0 and not allow_empty:
         raise ValueError(f"{name} is empty; at least one element is required")
     finite = torch.isfinite(x.detach())
@@ -35,8 +45,8 @@ def _check_float_tensor(x, name: str, allow_empty: bool = True) -> torch.Tensor:
     return x
 
 
-def _check_boxes(boxes, name: str) -> torch.Tensor:
-    b = _check_float_tensor(boxes, name)
+def _check_boxes(boxes, name: str, like: torch.Tensor = None) -> torch.Tensor:
+    b = _check_float_tensor(boxes, name, like=like)
     if b.dim() != 2 or b.shape[1] != 4:
         raise ValueError(f"{name} must have shape (N, 4) with columns (x1, y1, x2, y2), got shape {tuple(b.shape)}")
     d = b.detach()
@@ -86,51 +96,82 @@ def _check_pair(boxes1, boxes2, eps):
     return b1, b2, check_positive_float(eps, "eps", allow_zero=True)
 
 
+@_precision.full_precision
 def box_iou(boxes1, boxes2, *, aligned: bool = True, eps: float = 0.0) -> torch.Tensor:
-    """IoU of ``(x1, y1, x2, y2)`` boxes; see :func:`rankspec.refimpl.detector.box_iou`.
+    """IoU of ``(x1, y1, x2, y2)`` boxes; see :func:`rankspec.refimpl.box_iou`.
 
     Differentiable w.r.t. both inputs.  ``aligned=True``: ``(N,)``; else ``(N, M)``.
     """
+    aligned = check_bool(aligned, "aligned")
     b1, b2, eps = _check_pair(boxes1, boxes2, eps)
     inter, union, _ = _parts(b1, b2, aligned, eps)
     return _safe_div(inter, union)
 
 
-def generalized_box_iou(boxes1, boxes2, *, aligned: bool = True, eps: float = 0.0) -> torch.Tensor:
-    """GIoU of ``(x1, y1, x2, y2)`` boxes; see :func:`rankspec.refimpl.detector.generalized_box_iou`."""
-    b1, b2, eps = _check_pair(boxes1, boxes2, eps)
-    inter, union, enclose = _parts(b1, b2, aligned, eps)
+def _giou_units(b1: torch.Tensor, b2: torch.Tensor):
+    """Per pair, two powers of two whose product scales the pair's largest |coordinate| into [0.5, 1)
+    (see :func:`rankspec.refimpl.reference.detector._giou_units`): GIoU is unchanged, exactly, and no area
+    over- or underflows.  Constants (no gradient)."""
+    m = torch.maximum(b1.detach().abs().amax(-1), b2.detach().abs().amax(-1))
+    e = torch.frexp(m).exponent.to(m.dtype)
+    half = torch.floor(-e / 2)
+    one = torch.ones_like(m)
+    return torch.ldexp(one, half).unsqueeze(-1), torch.ldexp(one, -e - half).unsqueeze(-1)
+
+
+def _giou_scaled(b1, b2, eps: float):
+    """GIoU of aligned (broadcast) pairs in each pair's units (:func:`_giou_units`)."""
+    h1, h2 = _giou_units(b1, b2)
+    inter, union, enclose = _parts(b1 * h1 * h2, b2 * h1 * h2, True, 0.0)
+    if eps > 0:  # eps is an area: eps h^2 in the pair's units
+        eps_u = (eps * (h1 * h1) * (h2 * h2)).squeeze(-1).clamp(max=torch.finfo(union.dtype).max)
+        union, enclose = torch.maximum(union, eps_u), torch.maximum(enclose, eps_u)
     return _safe_div(inter, union) - _safe_div(enclose - union, enclose)
 
 
+@_precision.full_precision
+def generalized_box_iou(boxes1, boxes2, *, aligned: bool = True, eps: float = 0.0) -> torch.Tensor:
+    """GIoU of ``(x1, y1, x2, y2)`` boxes; see :func:`rankspec.refimpl.generalized_box_iou`."""
+    aligned = check_bool(aligned, "aligned")
+    b1, b2, eps = _check_pair(boxes1, boxes2, eps)
+    if aligned:
+        if b1.shape[0] != b2.shape[0]:
+            raise ValueError(f"aligned=True needs as many boxes1 as boxes2, got {b1.shape[0]} and {b2.shape[0]}")
+        return _giou_scaled(b1, b2, eps)
+    b1, b2 = torch.broadcast_tensors(b1.unsqueeze(1), b2.unsqueeze(0))
+    return _giou_scaled(b1, b2, eps)
+
+
+@_precision.full_precision
 def giou_loss(pred_boxes, target_boxes, weights=None, *, reduction: str = "weighted_mean", eps: float = 0.0,
               return_terms: bool = False):
-    """GIoU Loss ``sum_i w_i (1 - GIoU_i) / Z``; see :func:`rankspec.refimpl.detector.giou_loss`.
+    """GIoU Loss ``sum_i w_i (1 - GIoU_i) / Z``; see :func:`rankspec.refimpl.giou_loss`.
 
     ``weights`` are detached (no gradient flows into them).  Returns a 0-d
     tensor, or ``(loss, {"giou", "per_box", "normalizer"})`` with
     ``return_terms=True``.  Empty input: a zero loss attached to the graph.
     """
-    p, t = _check_boxes(pred_boxes, "pred_boxes"), _check_boxes(target_boxes, "target_boxes")
+    p = _check_boxes(pred_boxes, "pred_boxes")
+    t = _check_boxes(target_boxes, "target_boxes", like=p)
     _same_device(p, t, "pred_boxes", "target_boxes")
     if p.shape != t.shape:
         raise ValueError(f"pred_boxes has shape {tuple(p.shape)} but target_boxes has shape {tuple(t.shape)}; "
                          f"they must match")
     check_choice(reduction, "reduction", GIOU_REDUCTION_CHOICES)
     eps = check_positive_float(eps, "eps", allow_zero=True)
+    return_terms = check_return_terms(return_terms)
     N = p.shape[0]
     if weights is None:
         w = torch.ones(N, dtype=p.dtype, device=p.device)
     else:
-        w = _check_float_tensor(weights, "weights").detach()
+        w = _check_float_tensor(weights, "weights", like=p).detach()
         _same_device(p, w, "pred_boxes", "weights")
         if tuple(w.shape) != (N,):
             raise ValueError(f"weights must have shape ({N},) (one per box), got {tuple(w.shape)}")
         if bool((w < 0).any()):
             raise ValueError(f"weights must be >= 0, found {float(w[w < 0][0])!r}")
         w = w.to(p.dtype)
-    inter, union, enclose = _parts(p, t.detach().to(p.dtype), True, eps)
-    giou = _safe_div(inter, union) - _safe_div(enclose - union, enclose)
+    giou = _giou_scaled(p, t.detach().to(p.dtype), eps)
     per_box = 1.0 - giou
     if reduction == "weighted_mean":
         Z = float(w.sum())
@@ -159,6 +200,7 @@ class GIoULoss(torch.nn.Module):
         return giou_loss(pred_boxes, target_boxes, weights, reduction=self.reduction, eps=self.eps)
 
 
+@_precision.full_precision
 def score_based_weights(cls_logits, labels=None, *, class_reduce: str = "max") -> torch.Tensor:
     """Detached sigmoid scores weighting each positive's box loss (RS Sec. 5.2).
 
@@ -259,3 +301,6 @@ class TaskBalancedLoss(torch.nn.Module):
                                         rank_inputs=rank_inputs, box_inputs=box_inputs, return_lambda=True)
         self.lambda_box = lam
         return total
+
+# the loss record each adapter implements (rankspec.refimpl.records(); read by the generic record tests)
+giou_loss.__rankspec_record__ = "giou_loss"

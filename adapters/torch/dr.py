@@ -3,7 +3,7 @@ r"""DR Loss for PyTorch (DR Eq. 9): differentiable, vectorised over images.
 Autograd runs through the closed-form expectations of DR Props. 1-2 / Eq. 6,
 so the gradient is exact (no custom backward).  Same arguments, defaults,
 conventions and input layout as the reference
-:func:`rankspec.refimpl.dr.dr_loss`, which it matches in float64:
+:func:`rankspec.refimpl.dr_loss`, which it matches in float64:
 
 * ``logits``: ``[n, C]`` floating tensor (float32 / float64); with per-entry
   labels any shape ``[n, ...]``.
@@ -25,53 +25,50 @@ from typing import Optional
 import torch
 from torch import nn
 
-from rankspec.refimpl.dr import (DEFAULT_GAMMA, DEFAULT_L, DEFAULT_LAMBDA_NEG, DEFAULT_LAMBDA_POS, DEFAULT_RHO,
-                                 DEFAULT_TAU, PAIRING_CHOICES, REDUCTION_CHOICES, SCORE_TRANSFORM_CHOICES,
-                                 SURROGATE_CHOICES)
+from rankspec.refimpl.reference.dr import (DEFAULT_GAMMA, DEFAULT_L, DEFAULT_LAMBDA_NEG, DEFAULT_LAMBDA_POS,
+                                           DEFAULT_RHO, DEFAULT_TAU, PAIRING_CHOICES, REDUCTION_CHOICES,
+                                           SCORE_TRANSFORM_CHOICES, SURROGATE_CHOICES)
 
-__all__ = ["dr_loss", "DRLoss", "dr_surrogate"]
+from rankspec.refimpl._validate import check_choice, check_optional_real, check_positive_float
+
+from . import _distributed, _precision
+from ._inputs import as_float64_tensor, check_return_terms, check_tensor
+
+__all__ = ["dr_loss", "DRLoss", "dr_surrogate", "DR_SCOPES"]
+
+#: ``"batch"``: the given rows (one image, or per ``image_ids``); ``"distributed"``: every rank's rows
+DR_SCOPES = ("batch", "distributed")
 
 
 # ---------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------
 
-def _check_choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)!r}, got {value!r}")
+# the reference's checks (rankspec.refimpl._validate): same rules and messages as rankspec.refimpl.dr_loss
+_check_choice = check_choice
 
 
 def _check_scalar(value, name, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        else:
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (value == value) or value in (float("inf"), float("-inf")) or value < 0 or (value == 0 and not allow_zero):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {rule}, got {value}")
-    return value
+    return check_positive_float(value, name, allow_zero=allow_zero)
 
 
-def _check_optional(value, name):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number or None, got {type(value).__name__}")
-    value = float(value)
-    if value != value or abs(value) == float("inf"):
-        raise ValueError(f"{name} must be finite or None, got {value}")
-    return value
+_check_optional = check_optional_real
 
 
 def _as_int_tensor(t, name, device):
-    t = torch.as_tensor(t, device=device)
-    if t.is_complex():
-        raise TypeError(f"{name} must be real, got dtype {t.dtype}")
+    """Integer ids (labels / image_ids) as an int64 tensor on ``device``; a tensor stays on its device
+    (values checked by torch reductions), anything else is read by the reference's rules."""
+    if isinstance(t, torch.Tensor):
+        check_tensor(t, name)
+        if t.is_complex():
+            raise TypeError(f"{name} must have a real numeric or boolean dtype, got dtype {t.dtype}")
+        t = t.to(device)
+    else:
+        t = as_float64_tensor(t, name, device)
     if t.is_floating_point():
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or infinite values")
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{name} contains {bad} NaN or infinite value(s); all entries must be finite")
         if not bool((t == t.round()).all()):
             bad = t[t != t.round()].reshape(-1)[0].item()
             raise ValueError(f"{name} must contain integers; found {bad!r}")
@@ -80,17 +77,18 @@ def _as_int_tensor(t, name, device):
 
 def _sides(logits: torch.Tensor, labels, image_ids):
     """Per-entry side (1 pos, 0 neg, -1 ignored) and image position, plus the number of images."""
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    check_tensor(logits, "logits")
     if not logits.is_floating_point():
-        raise TypeError(f"logits must have a floating dtype (float32 / float64), got {logits.dtype}")
+        raise TypeError(f"logits must have a floating dtype (float16, bfloat16, float32 or float64), "
+                        f"got {logits.dtype}")
     if logits.dim() == 0:
         raise ValueError("logits must be [n, C] (candidates x classes) or [n, ...] with per-entry labels, "
                          "got a scalar")
     if logits.numel() == 0:
         raise ValueError("logits is empty; at least one element is required")
     if not bool(torch.isfinite(logits).all()):
-        raise ValueError("logits contains NaN or infinite values; all entries must be finite")
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ValueError(f"logits contains {bad} NaN or infinite value(s); all entries must be finite")
     device = logits.device
     if isinstance(labels, torch.Tensor) and labels.device != device:
         raise ValueError(f"labels is on {labels.device} but logits is on {device}; they must share a device")
@@ -134,7 +132,14 @@ def _sides(logits: torch.Tensor, labels, image_ids):
 def _prior(prior, logits, name):
     if prior is None:
         return torch.ones(logits.numel(), dtype=logits.dtype, device=logits.device)
-    o = torch.as_tensor(prior, device=logits.device)
+    if isinstance(prior, torch.Tensor):
+        o = check_tensor(prior, name)
+        if o.is_complex():
+            raise TypeError(f"{name} must have a real numeric or boolean dtype, got dtype {o.dtype}")
+        if o.device != logits.device:
+            raise ValueError(f"{name} is on {o.device} but logits is on {logits.device}; they must share a device")
+    else:
+        o = as_float64_tensor(prior, name, logits.device)
     if not o.is_floating_point():
         o = o.to(logits.dtype)
     o = o.to(logits.dtype)
@@ -213,16 +218,57 @@ def dr_loss(logits: torch.Tensor, labels, *, image_ids=None, gamma: float = DEFA
             surrogate: str = "logistic", L: float = DEFAULT_L, rho: float = DEFAULT_RHO, tau: float = DEFAULT_TAU,
             pairing: str = "dr", score_transform: str = "sigmoid", prior_pos=None, prior_neg=None,
             empty_positive_score: Optional[float] = 1.0, empty_negative_score: Optional[float] = 0.0,
-            reduction: str = "sum", return_terms: bool = False):
+            reduction: str = "sum", return_terms: bool = False, scope: str = "batch"):
     r"""DR Loss (DR Eq. 9), differentiable w.r.t. ``logits``.
 
     Arguments, defaults and conventions are those of
-    :func:`rankspec.refimpl.dr.dr_loss` (see the Conventions page).  Returns a
+    :func:`rankspec.refimpl.dr_loss` (see the Conventions page).  Returns a
     0-d tensor in the logits' dtype, or ``(loss, terms)`` with
     ``return_terms=True``, where ``terms`` holds per-image tensors
     ``"loss_per_image"``, ``"p_neg"`` and ``"p_pos"`` (NaN where a side is
     empty and its ``empty_*_score`` is ``None``).
+
+    ``scope="distributed"``: the loss of the union of every rank's rows, the
+    same value on every rank (``image_ids=None``: all rows of all ranks are one
+    image; else the images of different ranks stay distinct, numbered in rank
+    order), and this rank's gradient times the world size (see
+    :mod:`rankspec.adapters.torch._distributed`).  float16 / bfloat16 inputs are
+    computed in float32 (see :mod:`rankspec.adapters.torch._precision`).
     """
+    _check_choice(scope, "scope", DR_SCOPES)
+    return_terms = check_return_terms(return_terms)
+    kwargs = dict(gamma=gamma, lambda_pos=lambda_pos, lambda_neg=lambda_neg, surrogate=surrogate, L=L, rho=rho,
+                  tau=tau, pairing=pairing, score_transform=score_transform,
+                  empty_positive_score=empty_positive_score, empty_negative_score=empty_negative_score,
+                  reduction=reduction, return_terms=return_terms)
+    if scope == "distributed":
+        dense = image_ids
+        if isinstance(image_ids, torch.Tensor) and image_ids.dim() == 1 and image_ids.numel() \
+                and not image_ids.is_floating_point() and image_ids.dtype != torch.bool:
+            dense = torch.unique(image_ids, return_inverse=True)[1]  # 0..B_r-1 on this rank (order kept)
+        rows = dict(logits=logits, labels=labels, image_ids=dense, prior_pos=prior_pos, prior_neg=prior_neg)
+        return _distributed.call_on_union(_dr_union, rows, flatten=False, with_info=True, **kwargs)
+    return _dr_loss(logits, labels, image_ids, prior_pos, prior_neg, **kwargs)
+
+
+def _dr_union(logits, labels, image_ids, prior_pos, prior_neg, info, **kwargs):
+    """DR Loss on the gathered rows; rank r's dense image ids are shifted past those of ranks < r."""
+    if image_ids is not None:
+        parts, start, shift = [], 0, 0
+        for n in info.sizes:
+            part = image_ids[start:start + n]
+            parts.append(part + shift)
+            if n:
+                shift += int(part.max()) + 1
+            start += n
+        image_ids = torch.cat(parts)
+    return _dr_loss(logits, labels, image_ids, prior_pos, prior_neg, **kwargs)
+
+
+@_precision.full_precision
+def _dr_loss(logits, labels, image_ids, prior_pos, prior_neg, *, gamma, lambda_pos, lambda_neg, surrogate, L,
+             rho, tau, pairing, score_transform, empty_positive_score, empty_negative_score, reduction,
+             return_terms):
     side, seg, B = _sides(logits, labels, image_ids)
     gamma = _check_scalar(gamma, "gamma", allow_zero=True)
     lambda_pos = _check_scalar(lambda_pos, "lambda_pos")
@@ -341,8 +387,10 @@ class DRLoss(nn.Module):
                  lambda_neg: float = DEFAULT_LAMBDA_NEG, surrogate: str = "logistic", L: float = DEFAULT_L,
                  rho: float = DEFAULT_RHO, tau: float = DEFAULT_TAU, pairing: str = "dr",
                  score_transform: str = "sigmoid", empty_positive_score: Optional[float] = 1.0,
-                 empty_negative_score: Optional[float] = 0.0, reduction: str = "sum"):
+                 empty_negative_score: Optional[float] = 0.0, reduction: str = "sum", scope: str = "batch"):
         super().__init__()
+        _check_choice(scope, "scope", DR_SCOPES)
+        self.scope = scope
         self.kwargs = dict(gamma=gamma, lambda_pos=lambda_pos, lambda_neg=lambda_neg, surrogate=surrogate, L=L,
                            rho=rho, tau=tau, pairing=pairing, score_transform=score_transform,
                            empty_positive_score=empty_positive_score, empty_negative_score=empty_negative_score,
@@ -352,7 +400,10 @@ class DRLoss(nn.Module):
 
     def forward(self, logits, labels, image_ids=None, prior_pos=None, prior_neg=None):
         return dr_loss(logits, labels, image_ids=image_ids, prior_pos=prior_pos, prior_neg=prior_neg,
-                       **self.kwargs)
+                       scope=self.scope, **self.kwargs)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+# the loss record each adapter implements (rankspec.refimpl.records(); read by the generic record tests)
+dr_loss.__rankspec_record__ = "dr_loss"

@@ -22,6 +22,16 @@ the gradient is each image's reference gradient divided by K.  Logits of
 images without positives get zero gradient.  With no positive anywhere the
 loss is 0 with a zero gradient (still attached to the graph).
 
+``scope="distributed"``: one ranking over the union of every rank's logits
+(``torch.distributed`` must be initialised; ``image_ids`` is not used): the
+rows of all ranks are all-gathered, every rank computes the same loss on the
+concatenation (rank order), and each rank's logits get their own rows of that
+loss's gradient times the world size W, so that DistributedDataParallel's mean
+over ranks yields exactly the single-process gradient of the whole batch.  A
+rank may hold no positive or no logit at all.  See
+:mod:`rankspec.adapters.torch._distributed` for the rule, the cost and the
+errors.
+
 Engines
 -------
 ``engine="auto"`` (default; environment ``RANKSPEC_TORCH_ENGINE``): CPU tensors with at least
@@ -46,8 +56,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _engine
-from ._inputs import check_bucket_options, parse
+from . import _distributed, _engine
+from ._inputs import _as_tensor_like, check_return_terms, parse
 
 __all__ = ["ap_loss", "rs_loss", "bucketed_ap_loss", "bucketed_rs_loss", "IdentityUpdateLoss"]
 
@@ -81,6 +91,30 @@ def _finish(logits, x, out, return_terms):
     return result, {k: v.to(x.dtype) for k, v in out.terms.items()}
 
 
+def _distributed_loss(fn, logits, labels, labels_name, image_ids, return_terms, kwargs):
+    """``fn`` (scope "batch") on the rows of every rank; this rank's gradient times the world size."""
+    def prepare():
+        if image_ids is not None:
+            raise ValueError("image_ids is only used with scope='image'; scope='distributed' ranks the union of "
+                             "every rank's logits as one batch")
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        if not logits.is_floating_point():
+            raise TypeError(f"logits must have a floating-point dtype (float16, bfloat16, float32 or float64), "
+                            f"got {logits.dtype}")
+        lab = _as_tensor_like(labels, labels_name, logits)
+        if lab.shape != logits.shape:
+            raise ValueError(f"logits has shape {tuple(logits.shape)} but {labels_name} has shape "
+                             f"{tuple(lab.shape)}; they must match")
+        return [logits.reshape(-1), lab.detach().reshape(-1)]
+
+    (g, y), info = _distributed.gather_prepared(prepare, ["logits", labels_name])
+    out = fn(g, y, scope="batch", return_terms=return_terms, **kwargs)
+    if return_terms:
+        return _distributed.scale_gradient(out[0], info.world_size), out[1]
+    return _distributed.scale_gradient(out, info.world_size)
+
+
 def ap_loss(logits, labels, delta: float = 1.0, interpolated: bool = False, *, self_rank: str = "one",
             tie_value: float = 1.0, normalization: str = "positives", scope: str = "batch", image_ids=None,
             return_terms: bool = False, engine=None):
@@ -95,10 +129,16 @@ def ap_loss(logits, labels, delta: float = 1.0, interpolated: bool = False, *, s
 
     Time O((N + P) log(N + P)), memory O(N + P).
     """
+    return_terms = check_return_terms(return_terms)
+    if scope == "distributed":
+        return _distributed_loss(ap_loss, logits, labels, "labels", image_ids, return_terms,
+                                 dict(delta=delta, interpolated=interpolated, self_rank=self_rank, tie_value=tie_value,
+                                      normalization=normalization, engine=engine))
     x = parse(logits, labels, delta, labels_name="labels", continuous=False, self_rank=self_rank,
-              tie_value=tie_value, normalization=normalization, scope=scope, image_ids=image_ids)
+              tie_value=tie_value, normalization=normalization, scope=scope, image_ids=image_ids,
+              interpolated=interpolated)
     with torch.no_grad():
-        out = _engine.compute(x, sorting=False, interpolated=bool(interpolated), self_rank=self_rank, engine=engine)
+        out = _engine.compute(x, sorting=False, interpolated=x.interpolated, self_rank=self_rank, engine=engine)
     return _finish(logits, x, out, return_terms)
 
 
@@ -114,6 +154,11 @@ def rs_loss(logits, targets, delta: float = 0.5, *, self_rank: str = "h0", tie_v
 
     Time O((N + P) log(N + P) + P^2), memory O(N + P + min(P^2, 4M)).
     """
+    return_terms = check_return_terms(return_terms)
+    if scope == "distributed":
+        return _distributed_loss(rs_loss, logits, targets, "targets", image_ids, return_terms,
+                                 dict(delta=delta, self_rank=self_rank, tie_value=tie_value,
+                                      normalization=normalization, engine=engine))
     x = parse(logits, targets, delta, labels_name="targets", continuous=True, self_rank=self_rank,
               tie_value=tie_value, normalization=normalization, scope=scope, image_ids=image_ids)
     with torch.no_grad():
@@ -133,12 +178,18 @@ def bucketed_ap_loss(logits, labels, delta: float = 1.0, *, self_rank: str = "h0
 
     Time O(N log P + P log P), memory O(N + P).
     """
-    threshold, tied_negatives = check_bucket_options(threshold, tied_negatives)
+    return_terms = check_return_terms(return_terms)
+    if scope == "distributed":
+        return _distributed_loss(bucketed_ap_loss, logits, labels, "labels", image_ids, return_terms,
+                                 dict(delta=delta, self_rank=self_rank, threshold=threshold,
+                                      tied_negatives=tied_negatives, tie_value=tie_value,
+                                      normalization=normalization, engine=engine))
     x = parse(logits, labels, delta, labels_name="labels", continuous=False, self_rank=self_rank,
-              tie_value=tie_value, normalization=normalization, scope=scope, image_ids=image_ids)
+              tie_value=tie_value, normalization=normalization, scope=scope, image_ids=image_ids,
+              threshold=threshold, tied_negatives=tied_negatives)
     with torch.no_grad():
-        out = _engine.compute(x, sorting=False, bucketed=True, threshold=threshold,
-                              tied_above=tied_negatives == "above", self_rank=self_rank, engine=engine)
+        out = _engine.compute(x, sorting=False, bucketed=True, threshold=x.threshold,
+                              tied_above=x.tied_negatives == "above", self_rank=self_rank, engine=engine)
     return _finish(logits, x, out, return_terms)
 
 
@@ -152,10 +203,22 @@ def bucketed_rs_loss(logits, targets, delta: float = 0.5, *, self_rank: str = "h
 
     Time O(N log P + P^2), memory O(N + P + min(P^2, 4M)).
     """
-    threshold, tied_negatives = check_bucket_options(threshold, tied_negatives)
+    return_terms = check_return_terms(return_terms)
+    if scope == "distributed":
+        return _distributed_loss(bucketed_rs_loss, logits, targets, "targets", image_ids, return_terms,
+                                 dict(delta=delta, self_rank=self_rank, threshold=threshold,
+                                      tied_negatives=tied_negatives, tie_value=tie_value,
+                                      normalization=normalization, engine=engine))
     x = parse(logits, targets, delta, labels_name="targets", continuous=True, self_rank=self_rank,
-              tie_value=tie_value, normalization=normalization, scope=scope, image_ids=image_ids)
+              tie_value=tie_value, normalization=normalization, scope=scope, image_ids=image_ids,
+              threshold=threshold, tied_negatives=tied_negatives)
     with torch.no_grad():
-        out = _engine.compute(x, sorting=True, bucketed=True, threshold=threshold,
-                              tied_above=tied_negatives == "above", self_rank=self_rank, engine=engine)
+        out = _engine.compute(x, sorting=True, bucketed=True, threshold=x.threshold,
+                              tied_above=x.tied_negatives == "above", self_rank=self_rank, engine=engine)
     return _finish(logits, x, out, return_terms)
+
+# the loss record each adapter implements (rankspec.refimpl.records(); read by the generic record tests)
+ap_loss.__rankspec_record__ = "ap_loss"
+rs_loss.__rankspec_record__ = "rs_loss"
+bucketed_ap_loss.__rankspec_record__ = "bucketed_ap_loss"
+bucketed_rs_loss.__rankspec_record__ = "bucketed_rs_loss"

@@ -12,12 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rankspec.refimpl._validate import check_choice, check_delta
-from rankspec.refimpl._inputs import NORMALIZATION_CHOICES
-from rankspec.refimpl.primitives import self_term
+from rankspec.refimpl._inputs import check_ranking_options
+from rankspec.refimpl._validate import check_choice
 
 from . import functional as F
-from ._inputs import SCOPE_CHOICES, check_bucket_options, check_tie_value
+from ._inputs import SCOPE_CHOICES
 
 __all__ = ["APLossModule", "RSLossModule", "BucketedAPLossModule", "BucketedRSLossModule"]
 
@@ -27,13 +26,15 @@ class _RankingLossModule(nn.Module):
 
     def __init__(self, delta, *, self_rank, tie_value, normalization, scope, **options):
         super().__init__()
-        self.delta = check_delta(delta)
-        self.tie_value = check_tie_value(tie_value, self.delta)
-        self_term(self.delta, self_rank, self.tie_value)  # validates self_rank and its pairing with tie_value
+        # the reference's option checks (same rules and messages as rankspec.refimpl and the functionals)
+        opts = check_ranking_options(delta, self_rank=self_rank, tie_value=tie_value, normalization=normalization,
+                                     **options)
+        self.delta = opts.delta
+        self.tie_value = opts.tie_value
         self.self_rank = self_rank
-        self.normalization = check_choice(normalization, "normalization", NORMALIZATION_CHOICES)
+        self.normalization = opts.normalization
         self.scope = check_choice(scope, "scope", SCOPE_CHOICES)
-        self.options = options
+        self.options = {k: getattr(opts, k) for k in options}
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, image_ids=None) -> torch.Tensor:
         return type(self)._function(logits, targets, self.delta, self_rank=self.self_rank,
@@ -54,7 +55,7 @@ class APLossModule(_RankingLossModule):
     def __init__(self, delta: float = 1.0, interpolated: bool = False, *, self_rank: str = "one",
                  tie_value: float = 1.0, normalization: str = "positives", scope: str = "batch"):
         super().__init__(delta, self_rank=self_rank, tie_value=tie_value, normalization=normalization,
-                         scope=scope, interpolated=bool(interpolated))
+                         scope=scope, interpolated=interpolated)
 
 
 class RSLossModule(_RankingLossModule):
@@ -76,7 +77,6 @@ class BucketedAPLossModule(_RankingLossModule):
     def __init__(self, delta: float = 1.0, *, self_rank: str = "h0", tie_value: float = 1.0,
                  normalization: str = "positives", threshold: bool = True, tied_negatives: str = "above",
                  scope: str = "batch"):
-        threshold, tied_negatives = check_bucket_options(threshold, tied_negatives)
         super().__init__(delta, self_rank=self_rank, tie_value=tie_value, normalization=normalization,
                          scope=scope, threshold=threshold, tied_negatives=tied_negatives)
 
@@ -89,6 +89,5 @@ class BucketedRSLossModule(_RankingLossModule):
     def __init__(self, delta: float = 0.5, *, self_rank: str = "h0", tie_value: float = 1.0,
                  normalization: str = "positives", threshold: bool = True, tied_negatives: str = "above",
                  scope: str = "batch"):
-        threshold, tied_negatives = check_bucket_options(threshold, tied_negatives)
         super().__init__(delta, self_rank=self_rank, tie_value=tie_value, normalization=normalization,
                          scope=scope, threshold=threshold, tied_negatives=tied_negatives)

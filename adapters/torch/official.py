@@ -23,6 +23,12 @@ with a zero gradient where the authors' version raises ``IndexError`` (no
 negative above the threshold); ``delta=0`` is the exact step (``x >= 0`` counts
 as 1).  Computation is vectorised float64 (see :mod:`.functional` for the cost).
 
+Distributed training: a last positional argument ``scope`` (default ``"batch"``) accepts
+``"distributed"``, e.g. ``RankSort.apply(logits, targets, 0.5, "distributed")``: the losses are those
+of the union of every rank's inputs (the same on every rank) and the saved gradient is this rank's
+rows of the global gradient times the world size, so that DistributedDataParallel's gradient mean
+gives the single-process gradient of the whole batch (see :mod:`._distributed`).
+
 Backward, as in the authors' code: ``RankSort`` and ``BucketedRankSort``
 return two outputs but their backward uses **only the incoming gradient of
 the first output** (``grad * out_grad1``); the saved gradient is already that
@@ -35,14 +41,39 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _engine
-from ._inputs import parse
+from rankspec.refimpl._validate import check_choice
 
-__all__ = ["RankSort", "BucketedRankSort", "APLoss", "BucketedAPLoss"]
+from . import _distributed, _engine
+from ._inputs import _as_tensor_like, parse
+
+__all__ = ["RankSort", "BucketedRankSort", "APLoss", "BucketedAPLoss", "DROP_IN_SCOPES"]
+
+#: the optional last positional argument of the drop-ins
+DROP_IN_SCOPES = ("batch", "distributed")
 
 
-def _run(ctx, logits, labels, delta, *, continuous, self_rank, **engine):
-    x = parse(logits, labels, delta, labels_name="targets" if continuous else "labels", continuous=continuous,
+def _run(ctx, logits, labels, delta, scope, *, continuous, self_rank, **engine):
+    name = "targets" if continuous else "labels"
+    check_choice(scope, "scope", DROP_IN_SCOPES)
+    if scope == "distributed":
+        def prepare():
+            if not isinstance(logits, torch.Tensor):
+                raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+            lab = _as_tensor_like(labels, name, logits)
+            if lab.shape != logits.shape:
+                raise ValueError(f"logits has shape {tuple(logits.shape)} but {name} has shape {tuple(lab.shape)}; "
+                                 f"they must match")
+            return [logits.reshape(-1), lab.reshape(-1)]
+
+        (g, y), info = _distributed.gather_prepared(prepare, ["logits", name])
+        x = parse(g, y, delta, labels_name=name, continuous=continuous, self_rank=self_rank, tie_value=1.0,
+                  normalization="positives")
+        out = _engine.compute(x, self_rank=self_rank, **engine)
+        n = logits.numel()
+        local = out.grad[info.offset:info.offset + n] * info.world_size  # rule of ._distributed
+        ctx.save_for_backward(local.reshape(logits.shape).to(x.dtype))
+        return x, out
+    x = parse(logits, labels, delta, labels_name=name, continuous=continuous,
               self_rank=self_rank, tie_value=1.0, normalization="positives")
     out = _engine.compute(x, self_rank=self_rank, **engine)
     ctx.save_for_backward(out.grad.reshape(x.shape).to(x.dtype))
@@ -57,7 +88,7 @@ class _SavedGradientFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, out_grad1, *ignored_out_grads):
         (grad,) = ctx.saved_tensors
-        return grad * out_grad1, None, None
+        return grad * out_grad1, None, None, None
 
 
 class RankSort(_SavedGradientFunction):
@@ -71,8 +102,8 @@ class RankSort(_SavedGradientFunction):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, delta=0.5):
-        x, out = _run(ctx, logits, targets, delta, continuous=True, self_rank="h0", sorting=True)
+    def forward(ctx, logits, targets, delta=0.5, scope="batch"):
+        x, out = _run(ctx, logits, targets, delta, scope, continuous=True, self_rank="h0", sorting=True)
         return out.terms["ranking"].to(x.dtype), out.terms["sorting"].to(x.dtype)
 
 
@@ -86,8 +117,8 @@ class BucketedRankSort(_SavedGradientFunction):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, delta=0.5):
-        x, out = _run(ctx, logits, targets, delta, continuous=True, self_rank="h0", sorting=True,
+    def forward(ctx, logits, targets, delta=0.5, scope="batch"):
+        x, out = _run(ctx, logits, targets, delta, scope, continuous=True, self_rank="h0", sorting=True,
                       bucketed=True)
         return out.terms["ranking"].to(x.dtype), out.terms["sorting"].to(x.dtype)
 
@@ -100,8 +131,8 @@ class APLoss(_SavedGradientFunction):
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, delta=1.0):
-        x, out = _run(ctx, logits, labels, delta, continuous=False, self_rank="one", sorting=False,
+    def forward(ctx, logits, labels, delta=1.0, scope="batch"):
+        x, out = _run(ctx, logits, labels, delta, scope, continuous=False, self_rank="one", sorting=False,
                       interpolated=True)
         return out.loss.to(x.dtype)
 
@@ -114,7 +145,7 @@ class BucketedAPLoss(_SavedGradientFunction):
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, delta=1.0):
-        x, out = _run(ctx, logits, labels, delta, continuous=False, self_rank="h0", sorting=False,
+    def forward(ctx, logits, labels, delta=1.0, scope="batch"):
+        x, out = _run(ctx, logits, labels, delta, scope, continuous=False, self_rank="h0", sorting=False,
                       bucketed=True)
         return out.loss.to(x.dtype)

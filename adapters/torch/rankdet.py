@@ -1,6 +1,6 @@
 r"""RankDetNet ranking losses for PyTorch (RankDet Eqs. 2-6, Sec. 3.4).
 
-Differentiable torch versions of :mod:`rankspec.refimpl.rankdet` with the same
+Differentiable torch versions of :mod:`rankspec.refimpl.reference.rankdet` with the same
 arguments, defaults, conventions and input layout; autograd supplies the
 gradient.  The paper's "no gradient" rules are ``detach()`` calls:
 
@@ -28,43 +28,69 @@ IoU-guided loss (the pair mask over all positives).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from rankspec.refimpl.rankdet import (BACKGROUND, CLASS_REDUCTIONS, GROUP_SPLITS, IGNORE, IOU_GRADS,
-                                      IOU_NORMALIZATIONS, IOU_PAIRS, MININGS, OBJECTNESS, RANK_FUNCTIONS,
-                                      REWEIGHTINGS, SCORE_SPACES)
-from rankspec.refimpl._validate import check_choice, check_positive_float
+from rankspec.refimpl.reference.rankdet import (BACKGROUND, CLASS_REDUCTIONS, GROUP_SPLITS, IGNORE, IOU_GRADS,
+                                                IOU_NORMALIZATIONS, IOU_PAIRS, MININGS, OBJECTNESS, RANK_FUNCTIONS,
+                                                REWEIGHTINGS, SCORE_SPACES)
+from rankspec.refimpl._validate import check_choice, check_int, check_positive_float
+
+from . import _distributed, _precision
+from ._inputs import as_float64_tensor, check_tensor
 
 __all__ = [
     "rank_function_values", "reweighted_pair_loss", "global_ranking_loss", "class_specific_ranking_loss",
     "iou_guided_ranking_loss", "rankdet_loss", "GlobalRankingLoss", "ClassSpecificRankingLoss",
-    "IoUGuidedRankingLoss", "RankDetLoss",
+    "IoUGuidedRankingLoss", "RankDetLoss", "RANKDET_SCOPES",
 ]
+
+#: ``"image"``: the given rows are one image; ``"distributed"``: the rows of every rank form one image
+#: (see :mod:`rankspec.adapters.torch._distributed`)
+RANKDET_SCOPES = ("image", "distributed")
+
+
+def _scoped(row_names):
+    """Add the ``scope`` keyword (and float32 computation of float16 / bfloat16 inputs) to a loss of
+    one image whose leading arguments ``row_names`` hold one row per sample."""
+    def decorate(fn):
+        inner = _precision.full_precision(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, scope: str = "image", **kwargs):
+            check_choice(scope, "scope", RANKDET_SCOPES)
+            if scope == "image":
+                return inner(*args, **kwargs)
+            rows = dict(zip(row_names, args))
+            if len(args) > len(row_names):
+                raise TypeError(f"{fn.__name__}() takes at most {len(row_names)} positional arguments")
+            for name in row_names:
+                if name in kwargs:
+                    rows[name] = kwargs.pop(name)
+                rows.setdefault(name, None)
+            return _distributed.call_on_union(inner, rows, flatten=False, **kwargs)
+        wrapper.__doc__ = (fn.__doc__ or "") + (
+            "\n\n    ``scope=\"distributed\"``: the rows of every rank form one image (the same loss on every "
+            "rank), this\n    rank's gradient times the world size (:mod:`rankspec.adapters.torch._distributed`).\n")
+        return wrapper
+    return decorate
 
 
 # ---------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+_check_int = check_int  # the reference's rule and message
 
 
 def _check_logits(logits, allow_1d: bool) -> torch.Tensor:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    check_tensor(logits, "logits")
     if not logits.is_floating_point():
-        raise TypeError(f"logits must have a floating-point dtype (float32 or float64), got {logits.dtype}")
+        raise TypeError(f"logits must have a floating-point dtype (float16, bfloat16, float32 or float64), "
+                        f"got {logits.dtype}")
     if logits.numel() == 0:
         raise ValueError("logits is empty; at least one element is required")
     if not (logits.dim() == 2 or (allow_1d and logits.dim() == 1)):
@@ -78,15 +104,15 @@ def _check_logits(logits, allow_1d: bool) -> torch.Tensor:
 
 
 def _on_device(x, name: str, logits: torch.Tensor) -> torch.Tensor:
+    """A tensor on the logits' device as is; anything else (list, NumPy array) read by the reference's rules
+    as float64 (:func:`rankspec.adapters.torch._inputs.as_float64_tensor`)."""
     if isinstance(x, torch.Tensor):
+        check_tensor(x, name)
         if x.device != logits.device:
             raise ValueError(f"{name} is on device {x.device} but logits is on device {logits.device}; they must "
                              "be on the same device")
         return x
-    try:
-        return torch.as_tensor(x, device=logits.device)
-    except Exception as exc:
-        raise TypeError(f"{name} must be a torch.Tensor (or array-like), got {type(x).__name__}") from exc
+    return as_float64_tensor(x, name, logits.device)
 
 
 def _check_labels(labels, logits: torch.Tensor) -> torch.Tensor:
@@ -156,13 +182,14 @@ def _check_levels(levels, lab: torch.Tensor, logits: torch.Tensor) -> torch.Tens
 
 
 def _check_common(rank_function, score_space, reweighting, mining, group_split, num_groups, neg_ratio):
-    check_choice(rank_function, "rank_function", RANK_FUNCTIONS)
+    # the reference's order (rankspec.refimpl.losses.rankdet._check_common), so the first error is the same
     check_choice(score_space, "score_space", SCORE_SPACES)
+    if mining == "group" and group_split == "unit" and score_space != "probability":
+        raise ValueError("group_split='unit' bins confidences on [0, 1]; it needs score_space='probability'")
+    check_choice(rank_function, "rank_function", RANK_FUNCTIONS)
     check_choice(reweighting, "reweighting", REWEIGHTINGS)
     check_choice(mining, "mining", MININGS)
     check_choice(group_split, "group_split", GROUP_SPLITS)
-    if mining == "group" and group_split == "unit" and score_space != "probability":
-        raise ValueError("group_split='unit' bins confidences on [0, 1]; it needs score_space='probability'")
     _check_int(num_groups, "num_groups", 1)
     _check_int(neg_ratio, "neg_ratio", 1)
 
@@ -205,7 +232,7 @@ def _confidence(logits: torch.Tensor, score_space: str) -> torch.Tensor:
 
 
 def _group_ids(f: torch.Tensor, num_groups: int, split: str) -> torch.Tensor:
-    """Group id of every negative (detached), as in :func:`rankspec.refimpl.rankdet.group_negatives`."""
+    """Group id of every negative (detached), as in :func:`rankspec.refimpl.reference.rankdet.group_negatives`."""
     f = f.detach()
     m = f.numel()
     G = num_groups
@@ -254,6 +281,7 @@ def _block(f, key, pos, neg, *, mining, num_groups, neg_ratio, group_split, rank
 # the losses (one image)
 # ---------------------------------------------------------------------------
 
+@_scoped(("logits", "labels"))
 def global_ranking_loss(logits: torch.Tensor, labels, *, rank_function: str = "exponential",
                         score_space: str = "probability", reweighting: str = "dynamic", mining: str = "group",
                         num_groups: int = 15, neg_ratio: int = 3, group_split: str = "range",
@@ -276,6 +304,7 @@ def global_ranking_loss(logits: torch.Tensor, labels, *, rank_function: str = "e
                   group_split=group_split, rank_function=rank_function, reweighting=reweighting)
 
 
+@_scoped(("logits", "labels"))
 def class_specific_ranking_loss(logits: torch.Tensor, labels, *, rank_function: str = "exponential",
                                 score_space: str = "probability", reweighting: str = "dynamic",
                                 mining: str = "group", num_groups: int = 3, neg_ratio: int = 3,
@@ -303,6 +332,7 @@ def class_specific_ranking_loss(logits: torch.Tensor, labels, *, rank_function: 
     return total
 
 
+@_scoped(("logits", "labels", "ious", "levels"))
 def iou_guided_ranking_loss(logits: torch.Tensor, labels, ious, levels=None, *, alpha: float = 1.0,
                             rank_function: str = "exponential", score_space: str = "probability",
                             iou_grad: str = "higher", iou_pairs: str = "unordered",
@@ -348,19 +378,52 @@ def iou_guided_ranking_loss(logits: torch.Tensor, labels, ious, levels=None, *, 
     return loss
 
 
-def rankdet_loss(logits: torch.Tensor, labels, ious=None, levels=None, regression=None, *,
+def rankdet_loss(logits: torch.Tensor, labels, ious=None, levels=None, regression=None, *, scope: str = "image",
+                 **conventions):
+    """RankDetNet objective of one image (Sec. 3.4): w . (global, class, IoU, regression), weights 1:1:1:1.
+
+    ``regression`` is a scalar tensor (the regression loss, with its own
+    graph) or ``None`` (0).  ``return_terms=True`` returns ``(total, terms)``
+    with the unweighted ``"global"``, ``"class"``, ``"iou"`` and ``"regression"`` tensors.
+    Conventions: see :func:`_rankdet_loss` (the keywords of the three losses).
+
+    ``scope="distributed"``: the three ranking losses of the union of every
+    rank's rows as one image (the same on every rank; this rank's gradient
+    times the world size, :mod:`rankspec.adapters.torch._distributed`); the
+    ``regression`` term is this rank's, added as given (not gathered, gradient
+    not scaled: DistributedDataParallel averages it like any local loss).
+    float16 / bfloat16 inputs are computed in float32.
+    """
+    check_choice(scope, "scope", RANKDET_SCOPES)
+    if scope == "image":
+        return _precision.full_precision(_rankdet_loss)(logits, labels, ious, levels, regression, **conventions)
+    w = tuple(conventions.get("weights", (1.0, 1.0, 1.0, 1.0)))
+    out = _distributed.call_on_union(_precision.full_precision(_rankdet_loss),
+                                     dict(logits=logits, labels=labels, ious=ious, levels=levels),
+                                     flatten=False, **conventions)
+    if regression is None:
+        return out
+    if len(w) != 4:
+        raise ValueError(f"weights must be 4 finite non-negative numbers (global, class, iou, regression), got "
+                         f"{w!r}")
+    r = _on_device(regression, "regression", logits)
+    if r.numel() != 1 or not r.is_floating_point() or not bool(torch.isfinite(r.detach()).all()):
+        raise ValueError("regression must be a finite scalar floating-point tensor (the regression loss)")
+    r = r.reshape(()).to(logits.dtype)
+    if conventions.get("return_terms", False):
+        total, terms = out
+        return total + float(w[3]) * r, dict(terms, regression=r)
+    return out + float(w[3]) * r
+
+
+def _rankdet_loss(logits: torch.Tensor, labels, ious=None, levels=None, regression=None, *,
                  weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), rank_function: str = "exponential",
                  score_space: str = "probability", reweighting: str = "dynamic", mining: str = "group",
                  global_groups: int = 15, class_groups: int = 3, neg_ratio: int = 3, group_split: str = "range",
                  objectness: str = "max", class_reduction: str = "sum", alpha: float = 1.0,
                  iou_grad: str = "higher", iou_pairs: str = "unordered", iou_normalization: str = "none",
                  return_terms: bool = False):
-    """RankDetNet objective of one image (Sec. 3.4): w . (global, class, IoU, regression), weights 1:1:1:1.
-
-    ``regression`` is a scalar tensor (the regression loss, with its own
-    graph) or ``None`` (0).  ``return_terms=True`` returns ``(total, terms)``
-    with the unweighted ``"global"``, ``"class"``, ``"iou"`` and ``"regression"`` tensors.
-    """
+    """The RankDetNet objective of one image (:func:`rankdet_loss` with ``scope="image"``)."""
     if len(tuple(weights)) != 4 or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0
                                        or w == float("inf") for w in weights):
         raise ValueError(f"weights must be 4 finite non-negative numbers (global, class, iou, regression), got "
@@ -404,6 +467,10 @@ def _batched(fn, logits, labels, *rest, **kw):
             if x is not None and (not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] != b):
                 raise ValueError(f"with batched logits [B, N, C] (B={b}), {name} must be a tensor with leading "
                                  f"dimension B")
+        if kw.get("scope") == "distributed":  # the images of every rank are one ranking: one call, flat rows
+            def flat(x):
+                return None if x is None else x.reshape((-1,) + tuple(x.shape[2:]))
+            return fn(flat(logits), flat(labels), *[flat(x) for x in rest], **kw)
         return sum(fn(logits[i], labels[i], *[None if x is None else x[i] for x in rest], **kw) for i in range(b))
     return fn(logits, labels, *rest, **kw)
 
@@ -456,3 +523,9 @@ class RankDetLoss(nn.Module):
             w = self.conventions.get("weights", (1.0, 1.0, 1.0, 1.0))[3]
             total = total + float(w) * regression
         return total
+
+# the loss record each adapter implements (rankspec.refimpl.records(); read by the generic record tests)
+global_ranking_loss.__rankspec_record__ = "global_ranking_loss"
+class_specific_ranking_loss.__rankspec_record__ = "class_specific_ranking_loss"
+iou_guided_ranking_loss.__rankspec_record__ = "iou_guided_ranking_loss"
+rankdet_loss.__rankspec_record__ = "rankdet_loss"

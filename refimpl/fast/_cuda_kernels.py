@@ -1,6 +1,6 @@
 """numba.cuda kernels for the O(N) passes of the exact AP / RS / bucketed algorithms.
 
-The passes are the same as the CPU ones in :mod:`._numba_kernels` (validate and
+The passes are the same as the CPU ones in :mod:`.kernels.stages` (validate and
 count, gather the positives, slot histogram, per-negative gradient, bucket
 histogram and bucket gradient); the O(|P| log |P|) stage runs on the host with
 the CPU kernels.  Every kernel is a grid-stride loop over the flat input, so
@@ -10,7 +10,9 @@ run-dependent order: results agree with the reference to rounding, not bit
 for bit.
 
 Importing this module needs numba's cuda package but no GPU: kernels compile
-on first launch.
+on first launch.  The scalar helpers (input check, table lookup, sum unit) are those of
+:mod:`.kernels.scalar`, compiled as device functions; slot logit sums are in units of
+``sum_scale`` of the boundaries, as on the CPU (so no sum overflows for any finite input).
 """
 
 from __future__ import annotations
@@ -19,47 +21,14 @@ import math
 
 from numba import cuda, float64
 
-MAXF = 1.7976931348623157e308
+from .kernels import scalar
+
 #: slot histograms with at most this many slots are privatised in shared memory
 SHARED_SLOTS = 2048
 
-
-@cuda.jit(device=True)
-def _count(bp, start, lo, invw, G, x, strict):
-    """Number of table values <= x (< x when strict); see ``make_table``."""
-    if G == 1:
-        c = 0
-    else:
-        f = (x - lo) * invw
-        if f < 1.0:
-            c = 0
-        elif f >= G:
-            c = G - 1
-        else:
-            c = int(f)
-    a = start[c]
-    e = start[c + 1]
-    while a < e:
-        m = (a + e) // 2
-        v = bp[m]
-        if v < x or (v == x and not strict):
-            a = m + 1
-        else:
-            e = m
-    return a
-
-
-@cuda.jit(device=True)
-def _slot(bp, nb, start, lo, invw, G, exact, x):
-    if x >= bp[nb - 1]:
-        r = nb
-    else:
-        r = _count(bp, start, lo, invw, G, x, False)
-    if exact:
-        if r > 0 and bp[r - 1] == x:
-            return 2 * r - 1
-        return 2 * r
-    return r
+#: the scalar helpers of :mod:`.kernels.scalar` (the same source as the CPU kernels'), as device functions
+D = scalar.compile_for(cuda.jit(device=True))
+classify, count_table, slot_index, sum_scale = D.classify, D.count_table, D.slot_index, D.sum_scale
 
 
 @cuda.jit
@@ -73,20 +42,11 @@ def k_count(s, t, iou, out_i, out_f):
     for i in range(start, s.size, stride):
         x = float64(s[i])
         y = float64(t[i])
-        if not (abs(x) <= MAXF):
-            nbad += 1
-        if y == 0.0:
-            if x > m:
-                m = x
-        elif iou:
-            if y > 0.0 and y <= 1.0:
-                npos += 1
-            else:
-                nbad += 1
-        elif y == 1.0:
-            npos += 1
-        else:
-            nbad += 1
+        b, pos = classify(x, y, iou)
+        nbad += b
+        npos += pos
+        if y == 0.0 and x > m:
+            m = x
     if nbad > 0:
         cuda.atomic.add(out_i, 0, nbad)
     if npos > 0:
@@ -108,21 +68,32 @@ def k_fill(s, t, counter, idx, pv, py):
             py[k] = float64(t[i])
 
 
+@cuda.jit(device=True)
+def _negative_slot(s, t, i, bp, nb, start, lo, invw, G, exact):
+    """Slot of element i when it is a negative at or above the first boundary, else -1."""
+    x = float64(s[i])
+    if t[i] > 0 or x < bp[0]:
+        return -1
+    r = nb if x >= bp[nb - 1] else count_table(bp, nb, start, lo, invw, G, False, x, False)
+    return slot_index(r, bp, x, exact)
+
+
+@cuda.jit(device=True)
+def _hist_into(s, t, bp, nb, start, lo, invw, G, exact, cnt, sm):
+    """Grid-stride loop adding every negative (count 1, logit in units of ``sum_scale``) to its
+    slot of ``cnt`` / ``sm`` (global or shared arrays) with atomics."""
+    unit = sum_scale(bp[0], bp[nb - 1])  # unit of the logit sums (1 unless |boundary| > 2^960)
+    for i in range(cuda.grid(1), s.size, cuda.gridsize(1)):
+        k = _negative_slot(s, t, i, bp, nb, start, lo, invw, G, exact)
+        if k >= 0:
+            cuda.atomic.add(cnt, k, 1.0)
+            cuda.atomic.add(sm, k, float64(s[i]) * unit)
+
+
 @cuda.jit
 def k_hist_global(s, t, bp, nb, start, lo, invw, G, exact, cnt, sm):
     """Slot histogram of the negatives with global atomics (many slots)."""
-    i0 = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    b0 = bp[0]
-    for i in range(i0, s.size, stride):
-        if t[i] > 0:
-            continue
-        x = float64(s[i])
-        if x < b0:
-            continue
-        k = _slot(bp, nb, start, lo, invw, G, exact, x)
-        cuda.atomic.add(cnt, k, 1.0)
-        cuda.atomic.add(sm, k, x)
+    _hist_into(s, t, bp, nb, start, lo, invw, G, exact, cnt, sm)
 
 
 @cuda.jit
@@ -136,18 +107,7 @@ def k_hist_shared(s, t, bp, nb, start, lo, invw, G, exact, cnt, sm):
         sc[k] = 0.0
         ss[k] = 0.0
     cuda.syncthreads()
-    i0 = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    b0 = bp[0]
-    for i in range(i0, s.size, stride):
-        if t[i] > 0:
-            continue
-        x = float64(s[i])
-        if x < b0:
-            continue
-        k = _slot(bp, nb, start, lo, invw, G, exact, x)
-        cuda.atomic.add(sc, k, 1.0)
-        cuda.atomic.add(ss, k, x)
+    _hist_into(s, t, bp, nb, start, lo, invw, G, exact, sc, ss)
     cuda.syncthreads()
     for k in range(tid, nsl, cuda.blockDim.x):
         if sc[k] != 0.0:
@@ -157,20 +117,12 @@ def k_hist_shared(s, t, bp, nb, start, lo, invw, G, exact, cnt, sm):
 
 @cuda.jit
 def k_grad(s, t, bp, nb, start, lo, invw, G, exact, A, B, g):
-    """g = A_k + B_k s for negatives in slot k, 0 elsewhere (positives are scattered after)."""
-    i0 = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    b0 = bp[0]
-    for i in range(i0, s.size, stride):
-        if t[i] > 0:
-            g[i] = 0.0
-            continue
-        x = float64(s[i])
-        if x < b0:
-            g[i] = 0.0
-            continue
-        k = _slot(bp, nb, start, lo, invw, G, exact, x)
-        g[i] = A[k] + B[k] * x
+    """g = A_k + B_k s for negatives in slot k (s in units of ``sum_scale``), 0 elsewhere
+    (positives are scattered after)."""
+    unit = sum_scale(bp[0], bp[nb - 1])
+    for i in range(cuda.grid(1), s.size, cuda.gridsize(1)):
+        k = _negative_slot(s, t, i, bp, nb, start, lo, invw, G, exact)
+        g[i] = A[k] + B[k] * (float64(s[i]) * unit) if k >= 0 else 0.0
 
 
 @cuda.jit
@@ -188,7 +140,7 @@ def k_bucket_assign(s, t, bp, start, lo, invw, G, cum, thr, above, kidx, size, t
         if x < thr:
             kidx[i] = -1
             continue
-        k = P - cum[_count(bp, start, lo, invw, G, x, not above)]
+        k = P - cum[count_table(bp, bp.size - 4, start, lo, invw, G, False, x, not above)]
         kidx[i] = k
         cuda.atomic.add(size, k, 1.0)
         cuda.atomic.max(top, k, x)

@@ -13,76 +13,44 @@ Under ``NUMBA_ENABLE_CUDASIM=1`` these run in numba's simulator (small grids).
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import cuda, float64
 
 from ._cuda_backend import _simulated, require_cuda
+from .kernels import scalar
 
 __all__ = ["rank_sums_cuda", "ape_rows_cuda", "ape_cols_cuda"]
 
 #: threads of a row-reduction block (a power of two; 8 in the simulator, where each is a Python thread)
 BLOCK = 8 if _simulated() else 128
-RF_EXP, RF_SIGMOID = 0, 1
-D_H, D_SIGMOID, D_CE = 0, 1, 2
+#: the scalar helpers of :mod:`.kernels.scalar` (the same source as the CPU kernels'), as device functions
+D = scalar.compile_for(cuda.jit(device=True))
+_expit, _rank_value, _h, _ape_pair = D.expit, D.rank_value, D.h_step, D.ape_pair
+_add_rank_terms, _add_ape_terms = D.add_rank_terms, D.add_ape_terms
+_first_valid, _last_valid_positive = D.first_valid, D.last_valid_positive
+D_H = scalar.D_H
 
 
 @cuda.jit(device=True)
-def _expit(x):
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-@cuda.jit(device=True)
-def _rank_value(x, rf):
-    if rf == RF_EXP:
-        e = math.exp(x)
-        return e, e
-    sg = _expit(x)
-    if rf == RF_SIGMOID:
-        return sg, sg * (1.0 - sg)
-    if x > 0.0:
-        return x + math.log1p(math.exp(-x)), sg
-    return math.log1p(math.exp(x)), sg
-
-
-@cuda.jit(device=True)
-def _h(x, delta, tie):
-    if delta > 0.0:
-        v = x / (2.0 * delta) + 0.5
-        if v < 0.0:
-            return 0.0
-        if v > 1.0:
-            return 1.0
-        return v
-    if x > 0.0:
-        return 1.0
-    if x == 0.0:
-        return tie
-    return 0.0
-
-
-@cuda.jit(device=True)
-def _valid(x, t_none, t, delta, tie):
-    if t_none:
-        if delta > 0.0:
-            return x / (2.0 * delta) + 0.5 > 0.0
-        return x > 0.0 or (x == 0.0 and tie > 0.0)
-    return x > -t
-
-
-@cuda.jit(device=True)
-def _block_sum(buf, c, tid):
-    """Tree reduction of buf[c, 0:BLOCK] into buf[c, 0] (every thread of the block calls it)."""
-    step = BLOCK // 2
-    while step > 0:
+def _block_sum_store(buf, tid, v0, v1, v2, v3, out, col):
+    """Sum four per-thread values over the block (tree reduction in ``buf``, shape (4, BLOCK)) into
+    ``out[0:4, col]``; every thread of the block calls it."""
+    buf[0, tid] = v0
+    buf[1, tid] = v1
+    buf[2, tid] = v2
+    buf[3, tid] = v3
+    for c in range(4):
+        step = BLOCK // 2
+        while step > 0:
+            cuda.syncthreads()
+            if tid < step:
+                buf[c, tid] += buf[c, tid + step]
+            step //= 2
         cuda.syncthreads()
-        if tid < step:
-            buf[c, tid] += buf[c, tid + step]
-        step //= 2
+    if tid == 0:
+        for c in range(4):
+            out[c, col] = buf[c, 0]
     cuda.syncthreads()
 
 
@@ -92,20 +60,11 @@ def _block_sum(buf, c, tid):
 def k_rank_rows(a, b, rf, out):
     """Thread per a_i: sums over j of L(a_i - b_j), L', L L', L^2."""
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
+        s0 = s1 = s2 = s3 = 0.0
         for j in range(b.size):
             L, dL = _rank_value(a[i] - b[j], rf)
-            s0 += L
-            s1 += dL
-            s2 += L * dL
-            s3 += L * L
-        out[0, i] = s0
-        out[1, i] = s1
-        out[2, i] = s2
-        out[3, i] = s3
+            s0, s1, s2, s3 = _add_rank_terms(s0, s1, s2, s3, L, dL)
+        out[0, i], out[1, i], out[2, i], out[3, i] = s0, s1, s2, s3
 
 
 @cuda.jit
@@ -114,26 +73,11 @@ def k_rank_cols(a, b, rf, out):
     buf = cuda.shared.array((4, BLOCK), float64)
     tid = cuda.threadIdx.x
     for j in range(cuda.blockIdx.x, b.size, cuda.gridDim.x):
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
+        s0 = s1 = s2 = s3 = 0.0
         for i in range(tid, a.size, cuda.blockDim.x):
             L, dL = _rank_value(a[i] - b[j], rf)
-            s0 += L
-            s1 += dL
-            s2 += L * dL
-            s3 += L * L
-        buf[0, tid] = s0
-        buf[1, tid] = s1
-        buf[2, tid] = s2
-        buf[3, tid] = s3
-        for c in range(4):
-            _block_sum(buf, c, tid)
-        if tid == 0:
-            for c in range(4):
-                out[c, j] = buf[c, 0]
-        cuda.syncthreads()
+            s0, s1, s2, s3 = _add_rank_terms(s0, s1, s2, s3, L, dL)
+        _block_sum_store(buf, tid, s0, s1, s2, s3, out, j)
 
 
 # --------------------------------------------------------------------------- APE
@@ -150,74 +94,28 @@ def k_ape_rows(ss, sl, si, so, pos_rank, adaptive, dist, delta, lam, tie, t_none
         su = ss[r]
         iu = si[r]
         uid = so[r]
-        a = 0
-        e = n
-        while a < e:  # first valid sample (the reference's predicate is monotone in s_v)
-            m = (a + e) // 2
-            if _valid(ss[m] - su, t_none, t, delta, tie):
-                e = m
-            else:
-                a = m + 1
-        tot = 0.0
-        tot2 = 0.0
-        bc = 0.0
-        cnt = 0.0
+        a = _first_valid(ss, su, t_none, t, delta, tie)  # the valid samples: a suffix
+        tot = tot2 = bc = cnt = 0.0
         for j in range(a + tid, n, cuda.blockDim.x):
             if so[j] == uid:
                 continue
-            x = ss[j] - su
             member = sl[j] == 0.0 or (adaptive and si[j] < iu)
-            if dist == D_H:
-                h = _h(x, delta, tie)
-                if rank_bc:
-                    bc += h
-                if member:
-                    cnt += 1.0
-                    tot += h
-            else:
-                y = lam * x
-                ex = math.exp(-abs(y))
-                sg = 1.0 / (1.0 + ex) if y >= 0.0 else ex / (1.0 + ex)
-                if rank_bc:
-                    bc += sg
-                if member:
-                    cnt += 1.0
-                    if dist == D_SIGMOID:
-                        tot += sg
-                    else:
-                        tot += max(y, 0.0) + math.log1p(ex)
-                        tot2 += sg
-        buf[0, tid] = tot
-        buf[1, tid] = tot2
-        buf[2, tid] = bc
-        buf[3, tid] = cnt
-        for c in range(4):
-            _block_sum(buf, c, tid)
-        if tid == 0:
-            for c in range(4):
-                out[c, k] = buf[c, 0]
-        cuda.syncthreads()
+            dv, d2, rv = _ape_pair(ss[j] - su, dist, delta, lam, tie)
+            tot, tot2, bc, cnt = _add_ape_terms(tot, tot2, bc, cnt, dv, d2, rv, member, rank_bc)
+        _block_sum_store(buf, tid, tot, tot2, bc, cnt, out, k)
 
 
 @cuda.jit
 def k_ape_cols(ss, sl, si, pp, pi, coef, adaptive, dist, delta, lam, tie, t_none, t, g):
     """Thread per sorted sample v: sum over the valid positives u (a prefix of the sorted
     positives) whose A_u holds v of coef_u * D'(s_v - s_u)."""
-    P = pp.size
     for j in range(cuda.grid(1), ss.size, cuda.gridsize(1)):
         lab = sl[j]
         if lab != 0.0 and not adaptive:
             g[j] = 0.0
             continue
         sv = ss[j]
-        a = 0
-        e = P
-        while a < e:
-            m = (a + e) // 2
-            if _valid(sv - pp[m], t_none, t, delta, tie):
-                a = m + 1
-            else:
-                e = m
+        a = _last_valid_positive(pp, sv, t_none, t, delta, tie)  # the valid positives: a prefix
         acc = 0.0
         for k in range(a):
             c = coef[k]

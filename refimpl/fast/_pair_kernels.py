@@ -24,73 +24,18 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._numba_kernels import count_tab, distinct, make_table, prefix_dd
+from .kernels.primitives import (_OPTS, add_ape_terms, add_rank_terms, ape_pair, count_tab, dd_diff, distinct, expit,
+                                 fenwick_add, fenwick_prefix, par_ser,
+                                 first_valid, h_step, is_valid, last_valid_positive, log1pexp, make_table, prefix_dd,
+                                 rank_value, sum_scale)
+from .kernels.scalar import D_CE, D_H, D_SIGMOID, RF_EXP, RF_LOGISTIC, RF_SIGMOID
 
-_OPTS = dict(cache=True, nogil=True, error_model="numpy")
-
-# codes of the RankDet ranking functions and the APE distances
-RF_EXP, RF_SIGMOID, RF_LOGISTIC = 0, 1, 2
-D_H, D_SIGMOID, D_CE = 0, 1, 2
+__all__ = ["RF_EXP", "RF_SIGMOID", "RF_LOGISTIC", "D_H", "D_SIGMOID", "D_CE", "expit", "log1pexp", "rank_value",
+           "h_step", "is_valid", "pick", "exp_factors"]
 
 
 # --------------------------------------------------------------------------- scalar functions
-
-@njit(inline="always", **_OPTS)
-def expit(x):
-    """1 / (1 + e^-x) without overflow (scipy.special.expit's value to an ulp)."""
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-@njit(inline="always", **_OPTS)
-def log1pexp(x):
-    """log(1 + e^x) = numpy.logaddexp(0, x) without overflow."""
-    if x > 0.0:
-        return x + math.log1p(math.exp(-x))
-    return math.log1p(math.exp(x))
-
-
-@njit(inline="always", **_OPTS)
-def rank_value(x, rf):
-    """L_rank(x) and L'_rank(x) (RankDet Sec. 3.1, Table 5a)."""
-    if rf == RF_EXP:
-        e = math.exp(x)
-        return e, e
-    sg = expit(x)
-    if rf == RF_SIGMOID:
-        return sg, sg * (1.0 - sg)
-    return log1pexp(x), sg
-
-
-@njit(inline="always", **_OPTS)
-def h_step(x, delta, tie):
-    """The smoothed step H of the reference (``smoothed_step``) with its floating-point operations."""
-    if delta > 0.0:
-        v = x / (2.0 * delta) + 0.5
-        if v < 0.0:
-            return 0.0
-        if v > 1.0:
-            return 1.0
-        return v
-    if x > 0.0:
-        return 1.0
-    if x == 0.0:
-        return tie
-    return 0.0
-
-
-@njit(inline="always", **_OPTS)
-def is_valid(x, t_none, t, delta, tie):
-    """The reference's pair-validity test of APE: ``H(x) > 0`` (no threshold, H form) or ``x > -t``.
-    Monotone (non-decreasing) in x."""
-    if t_none:
-        if delta > 0.0:
-            return x / (2.0 * delta) + 0.5 > 0.0
-        return x > 0.0 or (x == 0.0 and tie > 0.0)
-    return x > -t
-
+# (h_step, is_valid, expit, log1pexp, rank_value, ape_pair: :mod:`.kernels.scalar`, compiled for the CPU)
 
 @njit(inline="always", **_OPTS)
 def rank_value_prod(x, d, rf):
@@ -117,58 +62,30 @@ def _rank_pairs_impl(a, b, rf, ea, eb, prod):
     for i in prange(na):
         ai = a[i]
         ei = ea[i]
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
+        s0 = s1 = s2 = s3 = 0.0
         for j in range(nb):
             if prod:
                 L, dL = rank_value_prod(ai - b[j], ei * eb[j], rf)
             else:
                 L, dL = rank_value(ai - b[j], rf)
-            s0 += L
-            s1 += dL
-            s2 += L * dL
-            s3 += L * L
-        out[0, i] = s0
-        out[1, i] = s1
-        out[2, i] = s2
-        out[3, i] = s3
+            s0, s1, s2, s3 = add_rank_terms(s0, s1, s2, s3, L, dL)
+        out[0, i], out[1, i], out[2, i], out[3, i] = s0, s1, s2, s3
     return out
 
 
-def _rank_pairs_rev_impl(a, b, rf, ea, eb, prod):
-    """The same sums for every ``b_j`` over i (the columns), of L(a_i - b_j)."""
-    na = a.size
-    nb = b.size
-    out = np.zeros((4, nb))
-    for j in prange(nb):
-        bj = b[j]
-        ej = eb[j]
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        for i in range(na):
-            if prod:
-                L, dL = rank_value_prod(a[i] - bj, ea[i] * ej, rf)
-            else:
-                L, dL = rank_value(a[i] - bj, rf)
-            s0 += L
-            s1 += dL
-            s2 += L * dL
-            s3 += L * L
-        out[0, j] = s0
-        out[1, j] = s1
-        out[2, j] = s2
-        out[3, j] = s3
-    return out
+rank_rows_par, rank_rows_ser = par_ser(_rank_pairs_impl)
 
 
-rank_rows_par = njit(parallel=True, **_OPTS)(_rank_pairs_impl)
-rank_rows_ser = njit(**_OPTS)(_rank_pairs_impl)
-rank_cols_par = njit(parallel=True, **_OPTS)(_rank_pairs_rev_impl)
-rank_cols_ser = njit(**_OPTS)(_rank_pairs_rev_impl)
+def rank_cols_par(a, b, rf, ea, eb, prod):
+    """The same sums for every ``b_j`` over i (the columns), of L(a_i - b_j): the rows of the
+    negated, swapped problem, since (-b_j) - (-a_i) == a_i - b_j exactly (and
+    ``e^{-(a_i - b_j)} = eb_j ea_i``).  Summed over i in index order, as a column loop would."""
+    return rank_rows_par(-b, -a, rf, eb, ea, prod)
+
+
+def rank_cols_ser(a, b, rf, ea, eb, prod):
+    """:func:`rank_cols_par` on one thread."""
+    return rank_rows_ser(-b, -a, rf, eb, ea, prod)
 
 
 def _iou_pairs_impl(f, s, alpha, rf, iou_grad):
@@ -188,9 +105,7 @@ def _iou_pairs_impl(f, s, alpha, rf, iou_grad):
     for i in prange(m):
         fi = f[i]
         si = s[i]
-        accf = 0.0
-        accs = 0.0
-        acl = 0.0
+        accf = accs = acl = 0.0
         for j in range(m):
             if j == i:
                 continue
@@ -208,8 +123,7 @@ def _iou_pairs_impl(f, s, alpha, rf, iou_grad):
     return part.sum(), gf, gs
 
 
-iou_pairs_par = njit(parallel=True, **_OPTS)(_iou_pairs_impl)
-iou_pairs_ser = njit(**_OPTS)(_iou_pairs_impl)
+iou_pairs_par, iou_pairs_ser = par_ser(_iou_pairs_impl)
 
 
 # --------------------------------------------------------------------------- APE, any distance
@@ -222,35 +136,6 @@ def distance_value(x, dist, delta, lam, tie):
     if dist == D_SIGMOID:
         return expit(lam * x)
     return log1pexp(lam * x)
-
-
-@njit(**_OPTS)
-def first_valid(ss, su, t_none, t, delta, tie):
-    """Smallest index j of the ascending ``ss`` with ``is_valid(ss[j] - su)`` (len(ss) if none)."""
-    a = 0
-    e = ss.size
-    while a < e:
-        m = (a + e) >> 1
-        if is_valid(ss[m] - su, t_none, t, delta, tie):
-            e = m
-        else:
-            a = m + 1
-    return a
-
-
-@njit(**_OPTS)
-def last_valid_positive(pp, sv, t_none, t, delta, tie):
-    """Number of entries of the ascending ``pp`` (positive logits) with ``is_valid(sv - pp[k])``:
-    the predicate holds on a prefix, because sv - p decreases as p grows."""
-    a = 0
-    e = pp.size
-    while a < e:
-        m = (a + e) >> 1
-        if is_valid(sv - pp[m], t_none, t, delta, tie):
-            a = m + 1
-        else:
-            e = m
-    return a
 
 
 def _ape_rows_impl(ss, sl, si, so, pos_rank, adaptive, dist, delta, lam, tie, t_none, t, rank_bc, ea, eb, prod):
@@ -272,11 +157,7 @@ def _ape_rows_impl(ss, sl, si, so, pos_rank, adaptive, dist, delta, lam, tie, t_
         uid = so[r]
         ek = eb[k]
         j0 = first_valid(ss, su, t_none, t, delta, tie)
-        tot = 0.0
-        tot2 = 0.0
-        bc = 0.0
-        cnt = 0.0
-        nval = 0.0
+        tot = tot2 = bc = cnt = nval = 0.0
         for j in range(j0, ss.size):
             x = ss[j] - su
             if so[j] == uid:
@@ -284,33 +165,19 @@ def _ape_rows_impl(ss, sl, si, so, pos_rank, adaptive, dist, delta, lam, tie, t_
             nval += 1.0
             lab = sl[j]
             member = lab == 0.0 or (adaptive and si[j] < iu)
-            if dist == D_H:
-                h = h_step(x, delta, tie)
-                if rank_bc:
-                    bc += h
-                if member:
-                    cnt += 1.0
-                    tot += h
-            else:
+            if prod and dist != D_H:  # d = e^{-y}: S(y) = 1 / (1 + d), log(1 + e^y) = y + log1p(d) or log1p(1 / d)
                 y = lam * x
-                if prod:  # d = e^{-y}: S(y) = 1 / (1 + d), log(1 + e^y) = y + log1p(d) or log1p(1 / d)
-                    d = ea[j] * ek
-                    sg = 1.0 / (1.0 + d)
-                else:  # one exponential per pair: S(y) and log(1 + e^y) from e = exp(-|y|)
-                    e = math.exp(-abs(y))
-                    sg = 1.0 / (1.0 + e) if y >= 0.0 else e / (1.0 + e)
-                if rank_bc:
-                    bc += sg
-                if member:
-                    cnt += 1.0
-                    if dist == D_SIGMOID:
-                        tot += sg
-                    elif prod:
-                        tot += (y + math.log1p(d)) if y >= 0.0 else math.log1p(1.0 / d)
-                        tot2 += sg
-                    else:
-                        tot += max(y, 0.0) + math.log1p(e)
-                        tot2 += sg
+                d = ea[j] * ek
+                sg = 1.0 / (1.0 + d)
+                dv = sg
+                d2 = 0.0
+                if dist == D_CE:
+                    dv = (y + math.log1p(d)) if y >= 0.0 else math.log1p(1.0 / d)
+                    d2 = sg
+                rv = sg
+            else:  # one exponential per pair
+                dv, d2, rv = ape_pair(x, dist, delta, lam, tie)
+            tot, tot2, bc, cnt = add_ape_terms(tot, tot2, bc, cnt, dv, d2, rv, member, rank_bc)
         out[0, k] = tot
         out[1, k] = tot2
         out[2, k] = bc
@@ -350,18 +217,11 @@ def _ape_cols_impl(ss, sl, si, pp, pi, coef, adaptive, dist, delta, lam, tie, t_
     return g
 
 
-ape_rows_par = njit(parallel=True, **_OPTS)(_ape_rows_impl)
-ape_rows_ser = njit(**_OPTS)(_ape_rows_impl)
-ape_cols_par = njit(parallel=True, **_OPTS)(_ape_cols_impl)
-ape_cols_ser = njit(**_OPTS)(_ape_cols_impl)
+ape_rows_par, ape_rows_ser = par_ser(_ape_rows_impl)
+ape_cols_par, ape_cols_ser = par_ser(_ape_cols_impl)
 
 
 # --------------------------------------------------------------------------- APE, H distance: prefix sums
-
-@njit(inline="always", **_OPTS)
-def _dd(hi, lo, e, a):
-    return (hi[e] - hi[a]) + (lo[e] - lo[a])
-
 
 @njit(inline="always", **_OPTS)
 def _hpos(x, delta):
@@ -400,17 +260,18 @@ def _first(A, su, kind, delta):
 
 
 @njit(**_OPTS)
-def _hsum(A, Shi, Slo, su, delta, tie, t_none, t):
+def _hsum(A, Shi, Slo, su, delta, tie, t_none, t, sc):
     """(sum of H(A[j] - su) over the valid j, number of valid j) from the prefix sums of the
-    ascending A.  Valid j form a suffix; so do H > 0 and H == 1.  O(log len(A))."""
+    ascending A (taken in units of ``sc``, :func:`.kernels.scalar.sum_scale`).  Valid j form a
+    suffix; so do H > 0 and H == 1.  O(log len(A))."""
     n = A.size
     j0 = first_valid(A, su, t_none, t, delta, tie)
     if delta > 0.0:
         w0 = max(j0, _first(A, su, 0, delta))
         jS = max(_first(A, su, 1, delta), w0)
         cw = jS - w0
-        sw = _dd(Shi, Slo, jS, w0)
-        h = (n - jS) + (sw - cw * su) / (2.0 * delta) + 0.5 * cw
+        sw = dd_diff(Shi, Slo, jS, w0)
+        h = (n - jS) + (sw - cw * (su * sc)) / (2.0 * (delta * sc)) + 0.5 * cw
     else:
         a = max(j0, _first(A, su, 3, delta))
         b = max(j0, _first(A, su, 2, delta))
@@ -422,14 +283,17 @@ def _ape_h_rows_impl(sn, pp, delta, tie, t_none, t):
     """Per sorted positive k: (H sum over valid negatives, valid negatives, H sum over every valid
     sample v != u).  ``sn``: negatives' logits sorted, ``pp``: positives' logits sorted."""
     P = pp.size
-    Phi, Plo = prefix_dd(pp)
-    Nhi, Nlo = prefix_dd(sn)
+    # logit sums in units of sc (1 unless a logit exceeds 2^960): no overflow for any finite input
+    n = sn.size
+    sc = sum_scale(min(pp[0], sn[0]) if n else pp[0], max(pp[P - 1], sn[n - 1]) if n else pp[P - 1])
+    Phi, Plo = prefix_dd(pp * sc)
+    Nhi, Nlo = prefix_dd(sn * sc)
     out = np.zeros((3, P))
     h0 = h_step(0.0, delta, tie) if is_valid(0.0, t_none, t, delta, tie) else 0.0
     for k in prange(P):
         su = pp[k]
-        hn, cn = _hsum(sn, Nhi, Nlo, su, delta, tie, t_none, t)
-        hp, _cp = _hsum(pp, Phi, Plo, su, delta, tie, t_none, t)
+        hn, cn = _hsum(sn, Nhi, Nlo, su, delta, tie, t_none, t, sc)
+        hp, _cp = _hsum(pp, Phi, Plo, su, delta, tie, t_none, t, sc)
         out[0, k] = hn
         out[1, k] = cn
         out[2, k] = hn + (hp - h0)  # every valid sample but u itself
@@ -467,11 +331,13 @@ def _ape_h_cols_impl(sn, pp, coef, delta, tie, t_none, t):
     """
     n = sn.size
     Chi, Clo = prefix_dd(coef)
-    CPhi, CPlo = prefix_dd(coef * pp)
+    P = pp.size
+    sc = sum_scale(pp[0], pp[P - 1])  # unit of the sums of coef * p (1 unless |p| > 2^960)
+    CPhi, CPlo = prefix_dd(coef * (pp * sc))
     pd, cum = distinct(pp)
     tb = make_table(pd)
-    P = pp.size
     g = np.zeros(n)
+    den = 2.0 * (delta * sc)
     for j in prange(n):
         sv = sn[j]
         if t_none:
@@ -481,22 +347,20 @@ def _ape_h_cols_impl(sn, pp, coef, delta, tie, t_none, t):
         if delta > 0.0:
             kS = min(_fix(cum[count_tab(tb, sv - delta, False)], pp, sv, 2, delta, tie, t_none, t), kend)
             kW = max(min(_fix(cum[count_tab(tb, sv + delta, True)], pp, sv, 1, delta, tie, t_none, t), kend), kS)
-            cw = _dd(Chi, Clo, kW, kS)
-            cpw = _dd(CPhi, CPlo, kW, kS)
-            g[j] = (Chi[kS] + Clo[kS]) + (sv * cw - cpw) / (2.0 * delta) + 0.5 * cw
+            cw = dd_diff(Chi, Clo, kW, kS)
+            cpw = dd_diff(CPhi, CPlo, kW, kS)
+            g[j] = (Chi[kS] + Clo[kS]) + ((sv * sc) * cw - cpw) / den + 0.5 * cw
         else:
             if t_none:  # valid: x > 0, or x == 0 when tie_value > 0
                 kend = cum[count_tab(tb, sv, False)] if tie > 0.0 else cum[count_tab(tb, sv, True)]
             kL = min(cum[count_tab(tb, sv, True)], kend)  # p < s_v: H = 1
             kE = max(min(cum[count_tab(tb, sv, False)], kend), kL)  # p == s_v: H = tie_value
-            g[j] = (Chi[kL] + Clo[kL]) + tie * _dd(Chi, Clo, kE, kL)
+            g[j] = (Chi[kL] + Clo[kL]) + tie * dd_diff(Chi, Clo, kE, kL)
     return g
 
 
-ape_h_rows_par = njit(parallel=True, **_OPTS)(_ape_h_rows_impl)
-ape_h_rows_ser = njit(**_OPTS)(_ape_h_rows_impl)
-ape_h_cols_par = njit(parallel=True, **_OPTS)(_ape_h_cols_impl)
-ape_h_cols_ser = njit(**_OPTS)(_ape_h_cols_impl)
+ape_h_rows_par, ape_h_rows_ser = par_ser(_ape_h_rows_impl)
+ape_h_cols_par, ape_h_cols_ser = par_ser(_ape_h_cols_impl)
 
 
 def pick(name, work, parallel=None):
@@ -552,38 +416,26 @@ def ape_h_afp_rows(pp, pi, delta, tie, t_none, t):
     tree keyed by IoU rank (count and sum of logits).  O(P log P)."""
     P = pp.size
     ry = iou_ranks(pi)
-    F = np.zeros((P + 1, 5))  # 0: valid count; 1, 2: window set count, sum p; 3, 4: saturated count, sum p
+    F = np.zeros((P + 1, 12))  # per set (valid, window, saturated) 4 columns: count, sum p, (unused)
+    acc = np.zeros(12)
     ptr = np.full(3, P - 1, np.int64)
     out = np.zeros((2, P))
-    inv2d = 1.0 / (2.0 * delta) if delta > 0.0 else 0.0
+    sc = sum_scale(pp[0], pp[P - 1]) if P else 1.0  # unit of the sums of p
+    ps = pp * sc
+    inv2d = 1.0 / (2.0 * (delta * sc)) if delta > 0.0 else 0.0
     wt = 0.5 if delta > 0.0 else tie
     for k in range(P - 1, -1, -1):
         pu = pp[k]
         for kind in range(3):
             q = ptr[kind]
             while q >= 0 and _pred(pp[q] - pu, kind, delta, tie, t_none, t):
-                i = ry[q] + 1
-                while i <= P:
-                    if kind == 0:
-                        F[i, 0] += 1.0
-                    elif kind == 1:
-                        F[i, 1] += 1.0
-                        F[i, 2] += pp[q]
-                    else:
-                        F[i, 3] += 1.0
-                        F[i, 4] += pp[q]
-                    i += i & (-i)
+                fenwick_add(F, ry[q] + 1, P, 4 * kind, 1.0, ps[q], 0.0, 0.0)
                 q -= 1
             ptr[kind] = q
-        a = np.zeros(5)
-        i = ry[k]
-        while i > 0:
-            for c in range(5):
-                a[c] += F[i, c]
-            i -= i & (-i)
-        cw = a[1] - a[3]
-        out[0, k] = a[3] + ((a[2] - a[4]) - pu * cw) * inv2d + wt * cw
-        out[1, k] = a[0]
+        fenwick_prefix(F, ry[k], acc)
+        cw = acc[4] - acc[8]
+        out[0, k] = acc[8] + ((acc[5] - acc[9]) - ps[k] * cw) * inv2d + wt * cw
+        out[1, k] = acc[0]
     return out
 
 
@@ -594,42 +446,26 @@ def ape_h_afp_cols(pp, pi, coef, delta, tie, t_none, t):
     tree keyed by reversed IoU rank (sum of coef and of coef * p).  O(P log P)."""
     P = pp.size
     ry = iou_ranks(pi)
-    F = np.zeros((P + 1, 4))  # 0, 1: window set sum c, sum c p; 2, 3: saturated set
+    F = np.zeros((P + 1, 8))  # window set: sum c, sum c p in columns 0, 1; saturated set: 4, 5
+    acc = np.zeros(8)
     ptr = np.zeros(3, np.int64)
     g = np.zeros(P)
-    inv2d = 1.0 / (2.0 * delta) if delta > 0.0 else 0.0
+    sc = sum_scale(pp[0], pp[P - 1]) if P else 1.0  # unit of the sums of coef * p
+    ps = pp * sc
+    inv2d = 1.0 / (2.0 * (delta * sc)) if delta > 0.0 else 0.0
     wt = 0.5 if delta > 0.0 else tie
     for k in range(P):
         pv = pp[k]
         for kind in (1, 2):
             q = ptr[kind]
             while q < P and _pred(pv - pp[q], kind, delta, tie, t_none, t):
-                cv = coef[q]
-                if cv != 0.0:
-                    i = P - ry[q]
-                    while i <= P:
-                        if kind == 1:
-                            F[i, 0] += cv
-                            F[i, 1] += cv * pp[q]
-                        else:
-                            F[i, 2] += cv
-                            F[i, 3] += cv * pp[q]
-                        i += i & (-i)
+                if coef[q] != 0.0:
+                    fenwick_add(F, P - ry[q], P, 4 * (kind - 1), coef[q], coef[q] * ps[q], 0.0, 0.0)
                 q += 1
             ptr[kind] = q
-        a0 = 0.0
-        a1 = 0.0
-        a2 = 0.0
-        a3 = 0.0
-        i = P - 1 - ry[k]
-        while i > 0:
-            a0 += F[i, 0]
-            a1 += F[i, 1]
-            a2 += F[i, 2]
-            a3 += F[i, 3]
-            i -= i & (-i)
-        cw = a0 - a2
-        g[k] = a2 + (pv * cw - (a1 - a3)) * inv2d + wt * cw
+        fenwick_prefix(F, P - 1 - ry[k], acc)
+        cw = acc[0] - acc[4]
+        g[k] = acc[4] + (ps[k] * cw - (acc[1] - acc[5])) * inv2d + wt * cw
     return g
 
 

@@ -1,0 +1,592 @@
+"""CPU passes and stages of the exact AP / RS / bucketed algorithms (numba).
+
+Private: :mod:`rankspec.refimpl.fast` validates the input, orchestrates these kernels and packs
+a :class:`~rankspec.refimpl.LossResult`.  The algorithms are documented (with derivations) on
+the "Fast paths" docs page; in brief, with the positives sorted by logit (``p``, ascending):
+
+* the 2|P| *boundaries* ``p_i - delta`` and ``p_i + delta`` cut the real line
+  into *slots* (``delta == 0``: every distinct positive logit ``v`` gives a
+  "tie" slot ``{v}`` and the open gaps between them);
+* each negative is placed in its slot (:mod:`.primitives`' lookup table), and per slot only
+  the count and the logit sum of the negatives are kept;
+* H is linear in the logit inside a slot, so N_FP(i) of every positive is
+  ``(count above its window) + (window sum - count * p_i) / (2 delta) +
+  count / 2`` from prefix sums over slots, and every negative's gradient is
+  ``A_k + B_k * s_j`` with per-slot coefficients from prefix sums over the
+  sorted positives;
+* the positive-positive sums of RS (sorting error, its pmf) are offline 2-D
+  dominance sums: sweeps over the logit order with Fenwick trees keyed by IoU
+  rank, split into the saturated part of H and its linear window.
+
+Everything is float64 (float32 input is widened exactly).  Prefix sums that are later
+differenced are kept in double-double (TwoSum-compensated) form.  Logit sums are kept in
+units of :func:`.scalar.sum_scale` of the boundaries (a power of two; 1 below 2^960), so no
+sum overflows for any finite input: the slot sums, the positives' sums and the gradient
+coefficients ``B`` all use that unit (``A + B * (s * unit)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .primitives import (_OPTS, classify, count_table, dd_diff, fenwick_add, fenwick_prefix, h_positive, par_ser,
+                         prefix_dd, prefix_dd3, slot_of, specialise, sum_scale, table_scale)
+
+
+# --------------------------------------------------------------------------- O(N) passes
+
+def _scan_impl(s, t, iou, nch):
+    """Validate (finite logits; labels in {0, 1} or targets in [0, 1]), count
+    positives per chunk, and find the largest negative logit."""
+    n = s.size
+    bad = np.zeros(nch, np.int64)
+    npos = np.zeros(nch, np.int64)
+    mx = np.full(nch, -np.inf)
+    for c in prange(nch):
+        i0 = c * n // nch
+        i1 = (c + 1) * n // nch
+        nbad = 0
+        npc = 0
+        m = -np.inf
+        for i in range(i0, i1):
+            x = np.float64(s[i])
+            y = np.float64(t[i])
+            b, pos = classify(x, y, iou)
+            nbad += b
+            npc += pos
+            if y == 0.0 and x > m:
+                m = x
+        bad[c] = nbad
+        npos[c] = npc
+        mx[c] = m
+    return bad.sum(), npos, mx.max()
+
+
+def _collect_impl(s, t, npos, nch):
+    """Indices, logits and targets of the positives, in index order."""
+    n = s.size
+    offs = np.zeros(nch + 1, np.int64)
+    for c in range(nch):
+        offs[c + 1] = offs[c] + npos[c]
+    P = offs[nch]
+    idx = np.empty(P, np.int64)
+    pv = np.empty(P)
+    py = np.empty(P)
+    for c in prange(nch):
+        i0 = c * n // nch
+        i1 = (c + 1) * n // nch
+        k = offs[c]
+        for i in range(i0, i1):
+            if t[i] > 0:
+                idx[k] = i
+                pv[k] = np.float64(s[i])
+                py[k] = np.float64(t[i])
+                k += 1
+    return idx, pv, py
+
+
+#: placeholders of the compile-time flags of :func:`_slot_pass` (delta == 0; gradient pass rather
+#: than histogram); :func:`.primitives.specialise` compiles it once per combination
+EXACT = False
+GRAD = False
+
+
+def _slot_pass(s, t, tb, cnt, sm, A, B, g):
+    """One O(N) pass over a chunk (slices of the logits ``s`` and labels ``t``): every negative at or
+    above the first boundary is placed in its slot k; ``GRAD``: ``g = A_k + B_k s`` (0 for the
+    others), else its count and logit sum are added to ``cnt[k]``, ``sm[k]``.  Logits enter the sums
+    in units of :func:`.scalar.sum_scale`.
+
+    The table lookup is :func:`.scalar.count_table` and :func:`.scalar.slot_index` written out:
+    numba compiles this loop around the inlined helpers 3-5x slower at delta = 0 (measured with
+    ``rankspec bench --quick``: exact numba AP / RS 3-5x the time; hist 0.93 ms against 0.22 ms at
+    N = 50000), and a loop over ``range(i0, i1)`` instead of a slice several times slower too.
+    Invariants (no bounds checks needed): ``cell`` clamps to [0, G) and maps NaN to 0; below the
+    last boundary at most the 4 +inf pads follow the cell's values, none of them <= x, so
+    ``r <= nb - 1``; ``k <= 2 nb`` (exact) or ``<= nb``, within the ``nb + 1`` / ``2 nb + 1`` slots."""
+    bp, nb, start, lo, invw, G, fast = tb
+    b0 = bp[0]
+    blast = bp[nb - 1]
+    sc = sum_scale(b0, blast)
+    for i in range(s.size):
+        x = np.float64(s[i])
+        if t[i] > 0 or x < b0:
+            if GRAD:
+                g[i] = 0.0
+            continue
+        if x >= blast:
+            r = nb
+        else:
+            f = (x - lo) * invw
+            if not (f >= 1.0):  # (NaN: inf * 0 when the span overflowed and G == 1)
+                c = 0
+            elif f >= G:
+                c = G - 1
+            else:
+                c = int(f)
+            r = start[c]
+            if fast:
+                r += (np.int64(bp[r] <= x) + np.int64(bp[r + 1] <= x) + np.int64(bp[r + 2] <= x)
+                      + np.int64(bp[r + 3] <= x))
+            else:
+                e = start[c + 1]
+                while r < e:
+                    m = (r + e) >> 1
+                    if bp[m] <= x:
+                        r = m + 1
+                    else:
+                        e = m
+        k = r
+        if EXACT:
+            if r > 0 and bp[r - 1] == x:
+                k = 2 * r - 1
+            else:
+                k = 2 * r
+        if GRAD:
+            g[i] = A[k] + B[k] * (x * sc)
+        else:
+            cnt[k] += 1.0
+            sm[k] += x * sc
+
+
+_PASSES = {(e, gr): specialise(_slot_pass, f"_slot_pass_{'exact' if e else 'delta'}_{'grad' if gr else 'hist'}",
+                               EXACT=e, GRAD=gr) for e in (False, True) for gr in (False, True)}
+_hist_delta, _hist_exact = _PASSES[False, False], _PASSES[True, False]
+_grad_delta, _grad_exact = _PASSES[False, True], _PASSES[True, True]
+_NONE = np.zeros(0)
+
+
+def _hist_impl(s, t, tb, exact, nsl, nch):
+    """Count and logit sum (in units of :func:`.primitives.table_scale`) of the negatives in
+    every slot (O(N), one table lookup each; negatives below the first boundary cost one
+    comparison)."""
+    n = s.size
+    cnt = np.zeros((nch, nsl))
+    sm = np.zeros((nch, nsl))
+    for c in prange(nch):
+        i0 = c * n // nch
+        i1 = (c + 1) * n // nch
+        if exact:
+            _hist_exact(s[i0:i1], t[i0:i1], tb, cnt[c], sm[c], _NONE, _NONE, _NONE)
+        else:
+            _hist_delta(s[i0:i1], t[i0:i1], tb, cnt[c], sm[c], _NONE, _NONE, _NONE)
+    for c in range(1, nch):
+        for k in range(nsl):
+            cnt[0, k] += cnt[c, k]
+            sm[0, k] += sm[c, k]
+    return cnt[0].copy(), sm[0].copy()
+
+
+def _grad_impl(s, t, tb, exact, A, B, nch):
+    """Gradient of every negative, ``A_k + B_k * s_j`` in its slot k (``s_j`` in units of
+    :func:`.primitives.table_scale`); 0 for positives (filled in afterwards) and for negatives
+    below the first boundary."""
+    n = s.size
+    g = np.empty(n)
+    for c in prange(nch):
+        i0 = c * n // nch
+        i1 = (c + 1) * n // nch
+        if exact:
+            _grad_exact(s[i0:i1], t[i0:i1], tb, _NONE, _NONE, A, B, g[i0:i1])
+        else:
+            _grad_delta(s[i0:i1], t[i0:i1], tb, _NONE, _NONE, A, B, g[i0:i1])
+    return g
+
+
+def _bucket_assign_impl(s, t, tb, cum, thr, above, kidx, nch):
+    """Bucket of every negative (BRL Eq. 3.19) into ``kidx``; -1 for a positive or a
+    negative below the threshold ``thr``.
+
+    ``tb``: table of the distinct positive logits, ``cum[r]``: number of positives among the
+    r smallest distinct values.  Bucket k holds the negatives with k positives above them
+    (``above``: a tied positive is not above; otherwise it is).  O(N), one table lookup per
+    relevant negative.  (One store per element, no early ``continue``: numba compiles this
+    shape about 2x faster.)
+    """
+    n = s.size
+    P = cum[cum.size - 1]
+    strict = not above
+    bp, nb, start, lo, invw, G, fast = tb
+    for c in prange(nch):
+        i0 = c * n // nch
+        i1 = (c + 1) * n // nch
+        for i in range(i0, i1):
+            k = -1
+            if not (t[i] > 0):
+                x = np.float64(s[i])
+                if x >= thr:
+                    k = P - cum[count_table(bp, nb, start, lo, invw, G, fast, x, strict)]
+            kidx[i] = k
+
+
+def _bucket_grad_impl(kidx, v, nch):
+    """Bucketed gradient: every relevant negative gets its bucket's per-member value ``v[k]``;
+    0 for positives (filled in afterwards) and for ignored negatives."""
+    n = kidx.size
+    g = np.empty(n)
+    for c in prange(nch):
+        i0 = c * n // nch
+        i1 = (c + 1) * n // nch
+        for i in range(i0, i1):
+            k = kidx[i]
+            g[i] = v[k] if k >= 0 else 0.0
+    return g
+
+
+scan_par, scan_ser = par_ser(_scan_impl)
+collect_par, collect_ser = par_ser(_collect_impl)
+hist_par, hist_ser = par_ser(_hist_impl)
+grad_par, grad_ser = par_ser(_grad_impl)
+bucket_assign_par, bucket_assign_ser = par_ser(_bucket_assign_impl)
+bucket_grad_par, bucket_grad_ser = par_ser(_bucket_grad_impl)
+
+
+@njit(**_OPTS)
+def bucket_extent(s, kidx, nbk):
+    """Size, largest and smallest member of each of the ``nbk`` buckets.  Sequential, O(N)."""
+    size = np.zeros(nbk)
+    top = np.full(nbk, -np.inf)
+    low = np.full(nbk, np.inf)
+    for i in range(kidx.size):
+        k = kidx[i]
+        if k >= 0:
+            x = np.float64(s[i])
+            size[k] += 1.0
+            top[k] = max(top[k], x)
+            low[k] = min(low[k], x)
+    return size, top, low
+
+
+@njit(**_OPTS)
+def bucket_offsets(s, kidx, top, nbk):
+    """``sum(s_j - top_k)`` over the members j of every bucket k, accumulated in index order,
+    so that the sums (and the prototypes made from them) are bit-identical to the reference's
+    ``bincount(..., weights=members - top)``.  Sequential, O(N)."""
+    off = np.zeros(nbk)
+    for i in range(kidx.size):
+        k = kidx[i]
+        if k >= 0:
+            off[k] += np.float64(s[i]) - top[k]
+    return off
+
+
+def prototypes_from(size, top, low, off):
+    """The prototypes of the non-empty buckets, exactly as the reference's ``make_buckets``
+    computes them: the mean as an offset from the bucket's largest logit, clamped to
+    [smallest, largest] member.  Returns (indices of the non-empty buckets, sizes, prototypes)."""
+    used = np.flatnonzero(size > 0)
+    wts = size[used]
+    proto = np.clip(top[used] + off[used] / wts, low[used], top[used])
+    return used, wts, proto
+
+
+@njit(**_OPTS)
+def bucket_prototypes(s, kidx, nbk):
+    """:func:`bucket_extent`, :func:`bucket_offsets` and :func:`prototypes_from` in one call
+    (the same floating-point operations; fewer calls for small inputs)."""
+    size, top, low = bucket_extent(s, kidx, nbk)
+    off = bucket_offsets(s, kidx, top, nbk)
+    nu = 0
+    for k in range(nbk):
+        if size[k] > 0:
+            nu += 1
+    used = np.empty(nu, np.int64)
+    wts = np.empty(nu)
+    proto = np.empty(nu)
+    j = 0
+    for k in range(nbk):
+        if size[k] > 0:
+            used[j] = k
+            wts[j] = size[k]
+            proto[j] = min(max(top[k] + off[k] / size[k], low[k]), top[k])  # np.clip's operations
+            j += 1
+    return used, wts, proto
+
+
+@njit(**_OPTS)
+def _value_slots(vals, tb, exact):
+    """Slot of each of a few values (-1 below the first boundary) and the values in units of
+    :func:`.primitives.table_scale`."""
+    ks = np.full(vals.size, -1, np.int64)
+    b0 = tb[0][0]
+    for j in range(vals.size):
+        if vals[j] >= b0:
+            ks[j] = slot_of(vals[j], tb, exact)
+    return ks, vals * table_scale(tb)
+
+
+@njit(**_OPTS)
+def weighted_hist(vals, wts, tb, exact, nsl):
+    """Slot histogram of a few weighted negatives (the bucket prototypes)."""
+    cnt = np.zeros(nsl)
+    sm = np.zeros(nsl)
+    ks, xs = _value_slots(vals, tb, exact)
+    for j in range(vals.size):
+        if ks[j] >= 0:
+            cnt[ks[j]] += wts[j]
+            sm[ks[j]] += wts[j] * xs[j]
+    return cnt, sm
+
+
+@njit(**_OPTS)
+def slot_values(vals, tb, exact, A, B):
+    """``A_k + B_k * x`` for a few values (prototype gradients per member)."""
+    out = np.zeros(vals.size)
+    ks, xs = _value_slots(vals, tb, exact)
+    for j in range(vals.size):
+        if ks[j] >= 0:
+            out[j] = A[ks[j]] + B[ks[j]] * xs[j]
+    return out
+
+
+# --------------------------------------------------------------------------- per-positive stage
+
+@njit(**_OPTS)
+def positive_stage(p, y, use_sort, cnt, sm, b, exact, delta, tie, sigma, interp, max_neg, invZ):
+    """Everything that is O(|P| log |P|): errors, positive gradients, slot coefficients.
+
+    ``p``/``y``: positives' logits (sorted ascending, stable) and IoUs;
+    ``cnt``/``sm``: weighted count and logit sum of negatives per slot (the sums in units of
+    :func:`.primitives.table_scale` of ``b``'s table, as the histogram kernels make them);
+    ``max_neg``: largest negative logit (decides N_FP(i) > 0 exactly as the
+    reference does).  Returns ``(A, B, gpos, ranking_sum, sorting_sum)`` with
+    ``A``, ``B`` and ``gpos`` already multiplied by ``invZ`` = 1 / Z, ``gpos``
+    in sorted order, and the two loss sums not normalised; a negative's gradient is
+    ``A_k + B_k * (s_j * unit)`` (``unit`` = :func:`.scalar.sum_scale` of ``b``).
+    """
+    P = p.size
+    nb = b.size
+    nsl = cnt.size
+    # logit sums in units of sc (a power of two; 1 unless |boundary| > 2^960): ps = p * sc,
+    # inv2d = 1 / (2 delta sc), so that (sum - count * p) * inv2d is unchanged and finite
+    sc = sum_scale(b[0], b[nb - 1])
+    inv2d = 0.5 / (delta * sc) if not exact else 0.0
+    ps = p * sc
+
+    # prefix sums over slots (counts are exact integers / integral weights)
+    Cc = np.zeros(nsl + 1)
+    for k in range(nsl):
+        Cc[k + 1] = Cc[k] + cnt[k]
+    Sh, Sl = prefix_dd(sm)
+    W = Cc[nsl]
+
+    # prefix sums over the sorted positives
+    u = 1.0 - y
+    pu = ps * u
+    H3, L3 = prefix_dd3(ps, u, pu)
+    Ph = H3[0]
+    Pl = L3[0]
+    Uh = H3[1]
+    Ul = L3[1]
+    PUh = H3[2]
+    PUl = L3[2]
+
+    Uslot = np.empty(P, np.int64)
+    Lslot = np.empty(P, np.int64)
+    gpos = np.zeros(P)
+    rp = np.empty(P)
+    cur = np.empty(P)
+    coef = np.zeros(P)
+    rank_sum = 0.0
+    best = 0.0
+    # p is sorted, so every count below is a pointer that only moves forward: O(P + nb)
+    iU = 0
+    iL = 0
+    a = 0
+    e = 0
+    for k in range(P):
+        pk = p[k]
+        pks = ps[k]
+        hiv = pk + delta  # (delta = 0: the window is pk itself)
+        lov = pk - delta
+        while iU < nb and b[iU] <= hiv:
+            iU += 1
+        while iL < nb and b[iL] < lov:
+            iL += 1
+        while a < P and p[a] < lov:
+            a += 1
+        while e < P and p[e] <= hiv:
+            e += 1
+        # ---- N_FP(k): negatives above the window count 1, inside it linearly (or tie_value)
+        if exact:
+            m = iL  # index of pk among the distinct values b
+            Uk = 2 * m + 2
+            Lk = 2 * m
+            win = tie * cnt[2 * m + 1]
+        else:
+            Uk = iU  # number of boundaries <= pk + delta
+            Lk = iL  # number of boundaries < pk - delta
+            cw = Cc[Uk] - Cc[Lk + 1]
+            sw = dd_diff(Sh, Sl, Uk, Lk + 1)
+            win = (sw - cw * pks) * inv2d + 0.5 * cw
+        Uslot[k] = Uk
+        Lslot[k] = Lk
+        gate = h_positive(max_neg - pk, delta, tie)
+        nfp = ((W - Cc[Uk]) + win) if gate else 0.0
+        # ---- rank+(k) and the current-sorting numerator over positives (self term sigma)
+        if exact:
+            rpk = sigma + (P - e) + tie * (e - a - 1)
+            if use_sort:
+                su = dd_diff(Uh, Ul, e, a)
+                cur[k] = sigma * u[k] + dd_diff(Uh, Ul, P, e) + tie * (su - u[k])
+        else:
+            nw = e - a
+            swp = dd_diff(Ph, Pl, e, a)
+            # the window includes k itself, whose H(0) = 1/2 is replaced by sigma
+            rpk = sigma + (P - e) + (swp - nw * pks) * inv2d + 0.5 * nw - 0.5
+            if use_sort:
+                su = dd_diff(Uh, Ul, e, a)
+                spu = dd_diff(PUh, PUl, e, a)
+                cur[k] = (sigma * u[k] + dd_diff(Uh, Ul, P, e) + (spu - su * pks) * inv2d + 0.5 * su
+                          - 0.5 * u[k])
+        rp[k] = rpk
+        rank = rpk + nfp
+        # ---- ranking error and its distribution (RS Eq. 7 / BRL Eq. 3.4; interpolated: AP-Loss code)
+        if interp:
+            prec = rpk / rank
+            if prec > best:
+                best = prec
+            err = 1.0 - best
+            if gate and nfp > 0.0:
+                coef[k] = err / nfp
+        else:
+            err = nfp / rank
+            if gate:
+                coef[k] = 1.0 / rank  # = err / N_FP(k)
+        rank_sum += err
+        if gate:
+            gpos[k] = -err
+
+    # ---- per-slot coefficients of the negatives' gradient: A_r + B_r * s
+    H3, L3 = prefix_dd3(coef, coef * ps, coef)
+    Qh = H3[0]
+    Ql = L3[0]
+    QPh = H3[1]
+    QPl = L3[1]
+    A = np.zeros(nsl)
+    B = np.zeros(nsl)
+    # ia(r) = #{k: U_k <= r} (saturated run), ie(r) = #{k: L_k < r} (end of the window run):
+    # cumulative histograms, branch-free
+    nU = np.zeros(nsl + 1, np.int64)
+    nL = np.zeros(nsl + 1, np.int64)
+    for k in range(P):
+        nU[Uslot[k]] += 1
+        nL[Lslot[k] + 1] += 1
+    ia = 0
+    ie = 0
+    for r in range(nsl):
+        ia += nU[r]
+        ie += nL[r]
+        sat = Qh[ia] + Ql[ia]
+        if ie > ia:
+            c1 = dd_diff(Qh, Ql, ie, ia)
+            if exact:
+                A[r] = (sat + tie * c1) * invZ
+            else:
+                c2 = dd_diff(QPh, QPl, ie, ia)
+                A[r] = (sat + 0.5 * c1 - c2 * inv2d) * invZ
+                B[r] = c1 * inv2d * invZ
+        else:
+            A[r] = sat * invZ
+
+    sort_sum = 0.0
+    if use_sort and P > 0:
+        sort_sum = _sorting_part(p, ps, y, u, pu, rp, cur, gpos, delta, tie, exact, inv2d)
+
+    for k in range(P):
+        gpos[k] *= invZ
+    return A, B, gpos, rank_sum, sort_sum
+
+
+@njit(**_OPTS)
+def _sorting_part(p, ps, y, u, pu, rp, cur, gpos, delta, tie, exact, inv2d):
+    """RS sorting error and its pmf over positives in O(|P| log |P|); adds the
+    sorting gradient to ``gpos`` and returns the sum of sorting errors."""
+    P = p.size
+    # at delta = 0 the window is the tie set, weighted tie_value, and inv2d = 0 (a branch
+    # on ``exact`` inside the sweeps makes numba compile them several times slower)
+    wt = tie if exact else 0.5
+    # IoU ranks: ry[k] = number of positives with a strictly smaller IoU;
+    # mpl[k] = largest logit among them (decides "missorted mass > 0" exactly)
+    oy = np.argsort(y)  # any order: ranks and group maxima depend on values only
+    ry = np.empty(P, np.int64)
+    mpl = np.empty(P)
+    running = -np.inf
+    i = 0
+    while i < P:
+        j = i
+        yi = y[oy[i]]
+        gmax = -np.inf
+        while j < P and y[oy[j]] == yi:
+            q = oy[j]
+            ry[q] = i
+            mpl[q] = running
+            if p[q] > gmax:
+                gmax = p[q]
+            j += 1
+        if gmax > running:
+            running = gmax
+        i = j
+
+    # ---- phase 1: M(k) = sum_{y_j < y_k} H(p_j - p_k) and MU(k) (same, weighted by 1 - y_j)
+    # B-set: p_j > p_k + delta (H = 1); A-set: p_j >= p_k - delta; window = A \ B.  Both are
+    # Fenwick trees of (count, p, 1 - y, p (1 - y)) keyed by IoU rank; "y_j < y_k" is a prefix.
+    F = np.zeros((P + 1, 8))  # A-set in columns 0-3, B-set in 4-7 (one cache line per node)
+    acc = np.zeros(8)
+    M = np.empty(P)
+    MU = np.empty(P)
+    pa = P - 1
+    pb = P - 1
+    for k in range(P - 1, -1, -1):
+        pk = p[k]
+        th = pk + delta
+        while pb >= 0 and p[pb] > th:
+            fenwick_add(F, ry[pb] + 1, P, 4, 1.0, ps[pb], u[pb], pu[pb])
+            pb -= 1
+        th = pk - delta
+        while pa >= 0 and p[pa] >= th:
+            fenwick_add(F, ry[pa] + 1, P, 0, 1.0, ps[pa], u[pa], pu[pa])
+            pa -= 1
+        fenwick_prefix(F, ry[k], acc)
+        cw = acc[0] - acc[4]
+        uw = acc[2] - acc[6]
+        # window: H = (p_j - p_k) / (2 delta) + 1/2, or tie_value at delta = 0 (inv2d = 0)
+        M[k] = acc[4] + ((acc[1] - acc[5]) - ps[k] * cw) * inv2d + wt * cw
+        MU[k] = acc[6] + ((acc[3] - acc[7]) - ps[k] * uw) * inv2d + wt * uw
+
+    # ---- phase 2: sorting error l_S - l*_S (RS Eqs. 7-8) and its pmf weight
+    csort = np.zeros(P)
+    total = 0.0
+    for k in range(P):
+        T = rp[k] - M[k]
+        TU = cur[k] - MU[k]
+        se = cur[k] / rp[k] - TU / T
+        total += se
+        if h_positive(mpl[k] - p[k], delta, tie):
+            gpos[k] -= se
+            if M[k] > 0.0:
+                csort[k] = se / M[k]
+
+    # ---- phase 3: incoming sorting gradient of j: sum_{y_i > y_j} csort_i H(p_j - p_i)
+    # B-set: p_i < p_j - delta (H = 1): Fenwick of csort; A-set: p_i <= p_j + delta:
+    # Fenwick of (csort, csort p); keys = reversed IoU rank (so "y_i > y_j" is a prefix)
+    F[:, :] = 0.0
+    pa = 0
+    pb = 0
+    for j in range(P):
+        pj = p[j]
+        th = pj - delta
+        while pb < P and p[pb] < th:
+            if csort[pb] != 0.0:
+                fenwick_add(F, P - ry[pb], P, 4, csort[pb], csort[pb] * ps[pb], 0.0, 0.0)
+            pb += 1
+        th = pj + delta
+        while pa < P and p[pa] <= th:
+            if csort[pa] != 0.0:
+                fenwick_add(F, P - ry[pa], P, 0, csort[pa], csort[pa] * ps[pa], 0.0, 0.0)
+            pa += 1
+        fenwick_prefix(F, P - 1 - ry[j], acc)
+        cw = acc[0] - acc[4]
+        gpos[j] += acc[4] + (ps[j] * cw - (acc[1] - acc[5])) * inv2d + wt * cw
+    return total
