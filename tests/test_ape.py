@@ -68,7 +68,7 @@ def test_ape_ce_tiny_case_authors_defaults():
     # loss = IoU * CE / lambda / BC = 0.8 * log(1 + e^-2) / 2 / (0.5 + sigmoid(-2))
     # grad of the negative: IoU * (1/lambda) * lambda * sigmoid(-2) / BC;  the positive: minus that
     bc = 0.5 + sig(-2.0)
-    r = ape_loss([1.0, 0.0], [1, 0], [0.8, 0.0], lam=2.0)
+    r = ape_loss([1.0, 0.0], [1, 0], [0.8, 0.0], lam=2.0, saturation="exact")
     assert r.loss == pytest.approx(0.8 * math.log1p(math.exp(-2.0)) / 2.0 / bc, rel=1e-14)
     g = 0.8 * sig(-2.0) / bc
     np.testing.assert_allclose(r.grad, [-g, g], rtol=1e-14)
@@ -157,6 +157,7 @@ def test_pe_with_h_equals_ap_loss(p):
 def test_ape_without_afp_equals_pairwise_error(p, opts):
     # Equal IoUs: no positive has a lower IoU than another, every A_u = N, so APE == PE (Eq. 9 -> Eq. 8).
     d = max(p.delta, 0.125)
+    opts = {"saturation": "exact", "normalization": "positives", "top_q": None, **opts}  # the same options
     a = ape_loss(p.logits, p.labels, p.targets, delta=d, **opts)
     b = pairwise_error_loss(p.logits, p.labels, delta=d, ious=p.targets, iou_weight=True, **opts)
     assert a.loss == pytest.approx(b.loss, abs=1e-12)
@@ -184,7 +185,7 @@ def test_ape_term_of_best_positive_is_ap_with_lower_iou_positives_as_negatives(p
 def test_ce_gradient_times_inverse_lambda_is_error_driven_update(p, lam, balance, self_rank):
     # APE Sec. 5 / appendix: d/dx log(1 + e^(lam x)) = lam S(x); with BC constant and the loss divided by
     # lambda the CE gradient equals the error-driven update of the S form (Eq. 7 with D = S).
-    kw = dict(lam=lam, balance=balance, self_rank=self_rank)
+    kw = dict(lam=lam, balance=balance, self_rank=self_rank, saturation="exact")
     ce = ape_loss(p.logits, p.labels, p.targets, distance="ce", **kw)
     ed = ape_loss(p.logits, p.labels, p.targets, distance="sigmoid", **kw)
     np.testing.assert_allclose(ce.grad, ed.grad, atol=1e-12)
@@ -198,7 +199,7 @@ def test_ce_gradient_times_inverse_lambda_is_error_driven_update(p, lam, balance
 def test_ce_gradient_matches_finite_differences_when_bc_is_constant(p, lam):
     # With BC = N_neg and every pair valid, BC depends on labels and IoUs only: the CE form is a smooth
     # function of the logits, and its analytic gradient is the true derivative.
-    kw = dict(distance="ce", lam=lam, balance="n_neg", pair_threshold=math.inf)
+    kw = dict(distance="ce", lam=lam, balance="n_neg", pair_threshold=math.inf, saturation="exact")
     r = ape_loss(p.logits, p.labels, p.targets, **kw)
     h = 1e-6
     num = np.zeros_like(p.logits)
@@ -355,3 +356,96 @@ def test_cluster_split_then_ape_pairs_cross_the_clusters():
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=words):
         call()
+
+
+# --------------------------------------------------------------------------- the authors' defaults (issue 12)
+
+def test_saturated_pair_scores_100_with_zero_gradient_in_float32():
+    # positive at 0, negative at 3, lambda 8: lam x = 24; exp(-24) = 3.8e-11 is below half a float32 ulp of 1,
+    # so torch's float32 sigmoid is exactly 1: BCE clamps log(0) to -100 and its backward gives 0.
+    # BC = S(0) + S(24) = 0.5 + 1 = 1.5; loss = IoU * 100 / BC / lambda over the one active positive.
+    r = ape_loss([0.0, 3.0], [1, 0], [0.6, 0.0])
+    assert r.loss == pytest.approx(0.6 * 100.0 / 1.5 / 8.0, rel=1e-12)
+    assert not np.any(r.grad)
+
+
+def test_saturation_float64_and_exact_on_the_same_pair():
+    S = sig(24.0)  # float64: S < 1, 1 - S = 3.8e-11, S (1 - S) > 1e-12: no clamp in the backward
+    bc = 0.5 + S
+    r64 = ape_loss([0.0, 3.0], [1, 0], [0.6, 0.0], saturation="bce_float64")
+    assert r64.loss == pytest.approx(0.6 * -math.log1p(-S) / bc / 8.0, rel=1e-12)
+    np.testing.assert_allclose(r64.grad, [-0.6 * S / bc, 0.6 * S / bc], rtol=1e-12)
+    ex = ape_loss([0.0, 3.0], [1, 0], [0.6, 0.0], saturation="exact")
+    assert ex.loss == pytest.approx(0.6 * (24.0 + math.log1p(math.exp(-24.0))) / bc / 8.0, rel=1e-14)
+    np.testing.assert_allclose(ex.grad, r64.grad, rtol=1e-12)
+    # far beyond float64 saturation (lam x = 400): the clamped forms score 100, the exact one 400
+    assert ape_loss([0.0, 50.0], [1, 0], [1.0, 0.0], saturation="bce_float64").loss == pytest.approx(100 / 1.5 / 8)
+    assert ape_loss([0.0, 50.0], [1, 0], [1.0, 0.0], saturation="exact").loss == pytest.approx(400 / 1.5 / 8)
+
+
+def test_float32_sigmoid_rounding_below_saturation():
+    # lam x = 8 * 1.5 = 12: float32 S = 1 / (1 + fl32(e^-12)) rounded to float32; the loss uses -log(1 - S)
+    e = np.float32(math.exp(-12.0))
+    S = float(np.float32(1.0) / (np.float32(1.0) + e))
+    assert S != sig(12.0)  # the float32 rounding is visible ...
+    r = ape_loss([0.0, 1.5], [1, 0], [1.0, 0.0])
+    assert r.loss == pytest.approx(-math.log1p(-S) / (0.5 + S) / 8.0, rel=1e-12)  # ... and reproduced
+
+
+def test_ignored_labels_take_no_part():
+    s, y, iou = np.array([0.2, 0.5, -0.1, 0.3]), np.array([1, 0, -1, 0]), np.array([0.7, 0.0, 0.0, 0.0])
+    r = ape_loss(s, y, iou)
+    keep = y >= 0
+    d = ape_loss(s[keep], y[keep], iou[keep])
+    assert r.loss == d.loss and r.grad[2] == 0.0
+    np.testing.assert_array_equal(r.grad[keep], d.grad)
+
+
+def test_top_q_keeps_the_highest_relevant_negatives():
+    s, y, iou = np.array([0.0, 0.3, 0.1, -5.0]), np.array([1, 0, 0, 0]), np.array([0.9, 0, 0, 0])
+    # relevant negatives (x > -0.5): 0.3 and 0.1; top_q = 1 keeps 0.3 only, as if 0.1 were ignored
+    a = ape_loss(s, y, iou, top_q=1)
+    b = ape_loss(s, np.array([1, 0, -1, 0]), iou, top_q=None)
+    assert a.loss == b.loss and a.grad[2] == 0.0
+    assert ape_loss(s, y, iou, top_q=2).loss == ape_loss(s, y, iou, top_q=None).loss
+
+
+def test_active_normalization_and_the_documented_zero_results():
+    # positive 0 has a valid pair, positive 1 (logit 9, far above the negative) has none: the authors' mean
+    # runs over the active positive only, so the loss equals the loss with positive 1 ignored
+    s, iou = np.array([0.0, 9.0, 0.1]), np.array([0.8, 0.8, 0.0])
+    a = ape_loss(s, [1, 1, 0], iou, self_rank="h0")
+    only = ape_loss(s[[0, 2]], [1, 0], iou[[0, 2]])
+    assert a.terms["num_active"] == 1.0
+    # BC of positive 0 also counts positive 1 (S(9) ~ 1 rounds to 1 in float32): 0.5 + S(0.1) + 1
+    assert a.loss == pytest.approx(only.loss * (0.5 + float(only.terms["balance_constant"][0] - 0.5))
+                                   / (1.5 + float(only.terms["balance_constant"][0] - 0.5)), rel=1e-6)
+    # the authors' code raises here: no positive, or no positive with a valid pair -> loss 0, zero gradient
+    for labels in ([0, 0, 0], [0, 1, 0]):
+        r = ape_loss(s, labels, iou)
+        assert r.loss == 0.0 and not np.any(r.grad)
+
+
+@pytest.mark.parametrize("value", ["fast", None, 1.0])
+def test_saturation_is_validated(value):
+    with pytest.raises(ValueError, match="saturation"):
+        ape_loss([0.0, 1.0], [1, 0], [1.0, 0.0], saturation=value)
+
+
+def test_top_q_is_validated():
+    with pytest.raises(ValueError, match="top_q"):
+        ape_loss([0.0, 1.0], [1, 0], [1.0, 0.0], top_q=0)
+
+
+def test_float32_arithmetic_saturates_logits_beyond_float32_range():
+    """bce_float32 clips logits to +-FLT_MAX before the float32 cast: logits of 1e153 would otherwise become
+    inf in float32 and the pair difference inf - inf = NaN.  Both clipped logits equal FLT_MAX, so every
+    pair has d = 0: S = 1/2 exactly, and the result equals the one for logits all equal to FLT_MAX."""
+    s = np.array([1.00444366e153, 1.05180292e153, 1.05500957e153])
+    labels, ious = np.array([1.0, 0.0, 0.0]), np.array([0.623862, 0.0, 0.0])
+    flt_max = float(np.finfo(np.float32).max)
+    for backend in ("numpy", "numba"):
+        got = ape_loss(s, labels, ious, backend=backend)
+        want = ape_loss(np.full(3, flt_max), labels, ious, backend="numpy")
+        assert np.isfinite(got.loss) and np.all(np.isfinite(got.grad))
+        assert got.loss == want.loss and np.array_equal(got.grad, want.grad)

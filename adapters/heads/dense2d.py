@@ -42,6 +42,15 @@ Per-loss defaults of the box part (``balancing`` / ``box_weight`` /
 value-based balancing with score weighting (RS Sec. 5); RankDetNet uses the
 constant 1 of its 1:1:1:1 weighting (RankDet Sec. 3.4); DR uses 1 (its tau = 4
 is inside the loss); focal loss uses 2, ATSS's lambda_box (RS Eq. 13).
+
+aLRP Loss (``loss="alrp"``) has no separate box loss: as in the aLRP authors'
+heads, ``loss_bbox`` is aLRP's localisation component (the running sum of the
+positives' e_loc = GIoU loss / (2 (1 - tau)) in descending-logit order over
+their detached rank; :func:`~.losses.alrp_components`) times the
+self-balancing weight ``balancing="self"``: ``box_weight`` (default 50, the
+authors' initial value) in :func:`dense2d_loss`, re-estimated every
+``sb_period`` calls by :class:`Dense2DLoss` from the means of the two
+components (:func:`rankspec.refimpl.reference.alrp.self_balancing_weight`).
 """
 
 from __future__ import annotations
@@ -53,23 +62,25 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from rankspec.adapters.torch.detector import giou_loss, value_based_task_weight
+from rankspec.adapters.torch.detector import generalized_box_iou, giou_loss, value_based_task_weight
 from rankspec.refimpl._validate import check_choice
 
 from .assign import NEGATIVE, atss_assign, box_overlaps_2d, max_iou_assign
 from .boxes import DeltaXYWHCoder, check_boxes_2d, check_labels
-from .losses import LOSS_KEYS, LOSS_NAMES, FlatTargets, classification_loss, resolve_scope
+from .losses import LOSS_KEYS, LOSS_NAMES, FlatTargets, alrp_components, classification_loss, resolve_scope
 
 __all__ = ["AnchorGenerator2D", "DenseHead2D", "Dense2DTargets", "dense2d_targets", "dense2d_loss", "Dense2DLoss",
            "dense2d_predict", "dense2d_score_index", "batched_nms", "BOX_DEFAULTS_2D", "ASSIGNERS"]
 
 ASSIGNERS = ("max_iou", "atss")
-BALANCINGS = ("value", "constant")
+BALANCINGS = ("value", "constant", "self")
 
 #: loss -> (balancing, box_weight, score_weighting) of the box part
 BOX_DEFAULTS_2D: Dict[str, Tuple[str, float, bool]] = {name: ("value", 1.0, True) for name in LOSS_NAMES}
 BOX_DEFAULTS_2D.update({k: ("constant", 1.0, False) for k in LOSS_NAMES if k.startswith("rankdet")})
 BOX_DEFAULTS_2D.update({"dr": ("constant", 1.0, False), "focal": ("constant", 2.0, False)})
+#: aLRP: the self-balancing weight's initial value (the aLRP authors' SB_weight = 50)
+BOX_DEFAULTS_2D["alrp"] = ("self", 50.0, False)
 
 
 class AnchorGenerator2D:
@@ -322,12 +333,30 @@ def dense2d_targets(cls_scores, bbox_preds, anchors, gt_boxes, gt_labels, *, ass
     pos_gt = gt_of_row.reshape(B * N, 4)[pos_rows]
     iou_graph_pos = _aligned_iou(pos_pred, pos_gt)
     ious_graph = torch.zeros(B * N, dtype=deltas.dtype, device=device).index_put((pos_rows,), iou_graph_pos)
+    gious = torch.zeros(B * N, dtype=deltas.dtype, device=device).index_put(
+        (pos_rows,), _aligned_giou(pos_pred.detach(), pos_gt).to(deltas.dtype))
     flat = FlatTargets(logits=logits.reshape(B * N, C), labels=row_labels.reshape(-1), ious=ious_graph.detach(),
                        image_ids=torch.arange(B, device=device).repeat_interleave(N), levels=level_of.repeat(B),
-                       num_images=B, ious_graph=ious_graph)
+                       num_images=B, ious_graph=ious_graph, gious=gious)
     return Dense2DTargets(flat=flat, deltas=deltas_f, anchors=anc, gt_index=flat_rows, pos_rows=pos_rows,
                           pos_pred_boxes=pos_pred, pos_gt_boxes=pos_gt, num_level_anchors=num_level, num_classes=C,
                           num_images=B)
+
+
+def _valid_boxes(pred: torch.Tensor) -> torch.Tensor:
+    """A decoded box can be inverted only through extreme deltas; keep it a valid box for the GIoU."""
+    x1 = torch.minimum(pred[:, 0], pred[:, 2])
+    y1 = torch.minimum(pred[:, 1], pred[:, 3])
+    x2 = torch.maximum(pred[:, 0], pred[:, 2])
+    y2 = torch.maximum(pred[:, 1], pred[:, 3])
+    return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+def _aligned_giou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """GIoU of row-aligned boxes (the GIoU of the box loss: same box repair), with graph to ``pred``."""
+    if pred.shape[0] == 0:
+        return pred.sum(dim=1)
+    return generalized_box_iou(_valid_boxes(pred), gt.detach().to(pred.dtype), aligned=True)
 
 
 def _aligned_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -351,12 +380,7 @@ def _box_part(t_cls: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor, weights
               balancing: str, box_weight: float, zero: torch.Tensor):
     if pred.shape[0] == 0:
         return zero, torch.zeros((), dtype=zero.dtype)
-    # a decoded box can be inverted only through extreme deltas; keep it a valid box for the GIoU
-    x1 = torch.minimum(pred[:, 0], pred[:, 2])
-    y1 = torch.minimum(pred[:, 1], pred[:, 3])
-    x2 = torch.maximum(pred[:, 0], pred[:, 2])
-    y2 = torch.maximum(pred[:, 1], pred[:, 3])
-    box = giou_loss(torch.stack([x1, y1, x2, y2], dim=1), gt.detach(), weights)
+    box = giou_loss(_valid_boxes(pred), gt.detach(), weights)
     if balancing == "value":
         lam = value_based_task_weight(t_cls.detach().clamp_min(0).reshape(()), box.detach().reshape(()))
     else:
@@ -386,8 +410,21 @@ def dense2d_loss(cls_scores, bbox_preds, anchors, gt_boxes, gt_labels, *, loss: 
     if box_weight < 0:
         raise ValueError(f"box_weight must be >= 0, got {box_weight}")
     score_weighting = dflt[2] if score_weighting is None else bool(score_weighting)
+    if (balancing == "self") != (loss == "alrp"):
+        raise ValueError(f"balancing='self' (aLRP's self-balancing weight) goes with loss='alrp' and only with it; "
+                         f"got balancing={balancing!r} with loss={loss!r}")
     t = dense2d_targets(cls_scores, bbox_preds, anchors, gt_boxes, gt_labels, assigner=assigner, coder=coder,
                         **(assigner_options or {}))
+    if loss == "alrp":
+        # the authors' aLRP heads: loss_cls = classification component, loss_bbox = w_SB x localisation component
+        gious_graph = torch.zeros(t.flat.labels.shape[0], dtype=t.deltas.dtype, device=t.deltas.device).index_put(
+            (t.pos_rows,), _aligned_giou(t.pos_pred_boxes, t.pos_gt_boxes).to(t.deltas.dtype))
+        cls, loc = alrp_components(t.flat, scope=scope, gious_graph=gious_graph, **(loss_options or {}))
+        losses = {"loss_cls": cls, "loss_bbox": float(box_weight) * loc}
+        if return_targets:
+            return losses, t, {"lambda_box": float(box_weight), "num_pos": t.num_positives,
+                               "loss_cls": float(cls.detach()), "loc_component": float(loc.detach())}
+        return losses
     losses = classification_loss(loss, t.flat, scope=scope, **(loss_options or {}))
     cls_total = sum(losses.values())
     weights = None
@@ -402,19 +439,47 @@ def dense2d_loss(cls_scores, bbox_preds, anchors, gt_boxes, gt_labels, *, loss: 
 
 
 class Dense2DLoss(nn.Module):
-    """``nn.Module`` form of :func:`dense2d_loss` with the options fixed at construction."""
+    """``nn.Module`` form of :func:`dense2d_loss` with the options fixed at construction.
 
-    def __init__(self, loss: str = "rs", **options):
+    With ``loss="alrp"`` the module keeps the authors' self-balancing state: ``sb_weight`` starts at
+    ``box_weight`` (default 50) and every ``sb_period`` calls (the authors: one epoch) becomes
+    :func:`~rankspec.refimpl.reference.alrp.self_balancing_weight` of the component values recorded
+    since the last re-estimate (then the records are cleared).  ``sb_period`` is an integer >= 1
+    (default 7330, an epoch of the authors' COCO schedule); it is an option of aLRP only.
+    """
+
+    def __init__(self, loss: str = "rs", *, sb_period: Optional[int] = None, **options):
         super().__init__()
         check_choice(loss, "loss", LOSS_NAMES)
         self.loss, self.options = loss, dict(options)
+        if sb_period is not None and loss != "alrp":
+            raise ValueError(f"sb_period is the period of aLRP's self-balancing weight; loss={loss!r} takes none")
+        period = 7330 if sb_period is None else sb_period
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(f"sb_period must be an integer >= 1, got {sb_period!r}")
+        self.sb_period = period
+        w = options.get("box_weight")
+        self.sb_weight = BOX_DEFAULTS_2D["alrp"][1] if w is None else float(w)
+        self.sb_history: List[Tuple[float, float]] = []
 
     @property
     def keys(self) -> tuple:
         return LOSS_KEYS[self.loss] + ("loss_bbox",)
 
     def forward(self, cls_scores, bbox_preds, anchors, gt_boxes, gt_labels):
-        return dense2d_loss(cls_scores, bbox_preds, anchors, gt_boxes, gt_labels, loss=self.loss, **self.options)
+        if self.loss != "alrp":
+            return dense2d_loss(cls_scores, bbox_preds, anchors, gt_boxes, gt_labels, loss=self.loss, **self.options)
+        from rankspec.refimpl.reference.alrp import self_balancing_weight
+
+        opts = {k: v for k, v in self.options.items() if k not in ("box_weight", "return_targets")}
+        losses, _, info = dense2d_loss(cls_scores, bbox_preds, anchors, gt_boxes, gt_labels, loss="alrp",
+                                       box_weight=self.sb_weight, return_targets=True, **opts)
+        self.sb_history.append((info["loss_cls"], info["loc_component"]))
+        if len(self.sb_history) >= self.sb_period:
+            cls_h, loc_h = zip(*self.sb_history)
+            self.sb_weight = self_balancing_weight(cls_h, loc_h, default=self.sb_weight)
+            self.sb_history.clear()
+        return losses
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,15 +29,39 @@ import math
 
 import torch
 
-from rankspec.refimpl._validate import check_choice, check_delta, check_positive_float
-from rankspec.refimpl.ape import (APE_NORMALIZATION_CHOICES, APE_SELF_RANK_CHOICES, BALANCE_CHOICES,
-                                  DISTANCE_CHOICES, _normalizer)
-from rankspec.refimpl.ape import arps_cluster_split as _ref_arps_cluster_split
+from rankspec.refimpl._validate import check_choice, check_delta, check_int, check_positive_float
+from rankspec.refimpl.losses.ape import (APE_NORMALIZATION_CHOICES, APE_SELF_RANK_CHOICES, AUTHORS_TOP_Q,
+                                         BALANCE_CHOICES, DISTANCE_CHOICES, SATURATION_CHOICES)
+from rankspec.refimpl.reference.arps import arps_cluster_split as _ref_arps_cluster_split
 
+from . import _distributed
 from ._inputs import check_labels, check_logits, check_tie_value
 from .functional import IdentityUpdateLoss
 
-__all__ = ["pairwise_error_loss", "ape_loss", "arps_cluster_split", "PairwiseErrorLoss", "APELoss"]
+__all__ = ["pairwise_error_loss", "ape_loss", "arps_cluster_split", "PairwiseErrorLoss", "APELoss", "APE_SCOPES"]
+
+#: ``"batch"``: one ranking of the given logits; ``"distributed"``: of every rank's (see :mod:`._distributed`)
+APE_SCOPES = ("batch", "distributed")
+
+
+def _normalizer(normalization: str, num_positives, num_active) -> float:
+    """The normalisation Z (as the reference): N_pos (APE Eq. 3), the positives with at least one valid
+    pair (the authors' code), or 1."""
+    if normalization == "positives":
+        return float(num_positives)
+    if normalization == "active":
+        return float(num_active)
+    return 1.0
+
+
+def _bce_sigmoid(s_v, s_u, lam: float, saturation: str) -> torch.Tensor:
+    """S(s_v - s_u) with the arithmetic of :func:`rankspec.refimpl.reference.ape.sigmoid_like_torch`."""
+    if saturation == "bce_float32":
+        big = float(torch.finfo(torch.float32).max)  # logits beyond float32's range saturate, as in the reference
+        z = (s_v.clamp(-big, big).float() - s_u.clamp(-big, big).float()) * torch.tensor(lam, dtype=torch.float32)
+        e = torch.exp(-z.double()).float()
+        return (1.0 / (1.0 + e)).double()
+    return 1.0 / (1.0 + torch.exp(-lam * (s_v - s_u)))
 
 
 def _threshold(pair_threshold, distance: str, delta: float, lam: float) -> float:
@@ -58,9 +82,16 @@ def _step(x: torch.Tensor, delta: float, tie_value: float) -> torch.Tensor:
 
 
 def _pairwise(logits, labels, ious, *, adaptive: bool, distance, delta, lam, balance, pair_threshold, self_rank,
-              normalization, iou_weight, scale_by_lambda, tie_value, return_terms):
+              normalization, iou_weight, scale_by_lambda, tie_value, return_terms, saturation="exact", top_q=None):
     check_logits(logits)
-    lab = check_labels(labels, logits, "labels", continuous=False)
+    if isinstance(labels, torch.Tensor) and bool((labels == -1).any()):  # ignored samples (label -1)
+        lab = check_labels(torch.where(labels == -1, torch.zeros_like(labels), labels), logits, "labels", False)
+        lab = torch.where(labels.reshape(lab.shape).to(lab.device) == -1, torch.full_like(lab, -1.0), lab)
+    else:
+        lab = check_labels(labels, logits, "labels", continuous=False)
+    check_choice(saturation, "saturation", SATURATION_CHOICES)
+    if top_q is not None:
+        top_q = check_int(top_q, "top_q", 1)
     iou = None
     if ious is not None:
         iou = check_labels(ious, logits, "ious", continuous=True)
@@ -86,14 +117,26 @@ def _pairwise(logits, labels, ious, *, adaptive: bool, distance, delta, lam, bal
     P = pos.numel()
 
     def rank_distance(x):
+        if distance == "ce" and saturation != "exact":
+            return _bce_sigmoid(X_pairs[0], X_pairs[1], lam, saturation)
         return _step(x, delta, tie_value) if distance == "h" else torch.sigmoid(lam * x)
 
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    self_val = {"h0": float(rank_distance(zero)), "one": 1.0, "half": 0.5, "zero": 0.0}[self_rank]
+    h0 = float(_step(zero, delta, tie_value)) if distance == "h" else 0.5  # H(0), or S(0) = 0.5
+    self_val = {"h0": h0, "one": 1.0, "half": 0.5, "zero": 0.0}[self_rank]
 
     # ---- the P x n pair matrix, x_uv = s_v - s_u (detached: masks and BC) ----
+    if top_q is not None and P > 0:  # the authors' top-Q cap on the relevant negatives (reference.ape.cap_negatives)
+        xm = s - s[pos].min()
+        rel = torch.nonzero((lab == 0) & (_step(xm, delta, tie_value) > 0 if t is None else xm > -t)).reshape(-1)
+        if rel.numel() > top_q:
+            drop = rel[torch.sort(-s[rel], stable=True).indices[top_q:]]
+            lab = lab.clone()
+            lab[drop] = -1.0
+            is_pos = lab == 1
     X = s.unsqueeze(0) - s[pos].unsqueeze(1)
-    valid = _step(X, delta, tie_value) > 0 if t is None else X > -t
+    X_pairs = (s.unsqueeze(0).expand(P, n), s[pos].unsqueeze(1))
+    valid = (_step(X, delta, tie_value) > 0 if t is None else X > -t) & (lab >= 0).unsqueeze(0)
     in_set = (lab == 0).unsqueeze(0).expand(P, n)  # N (APE Eq. 8)
     if adaptive:
         # aFP: positives with a strictly lower IoU (APE Alg. 1)
@@ -114,7 +157,13 @@ def _pairwise(logits, labels, ious, *, adaptive: bool, distance, delta, lam, bal
     if distance == "ce":
         # differentiable CE form: log(1 + exp(lam x)) / BC, BC constant (APE Eq. 9)
         Xg = s_all.unsqueeze(0) - s_all[pos].unsqueeze(1)
-        ce = torch.logaddexp(torch.zeros_like(Xg), lam * Xg)
+        if saturation == "exact":
+            ce = torch.logaddexp(torch.zeros_like(Xg), lam * Xg)
+        else:  # the authors' clamped BCE: value -max(log(1 - S), -100), derivative lam S p / max(p, 1e-12)
+            S = _bce_sigmoid(X_pairs[0], X_pairs[1], lam, saturation)
+            p = S * (1.0 - S)
+            value = -torch.clamp(torch.log1p(-S), min=-100.0)
+            ce = value + (lam * S * (p / torch.clamp(p, min=1e-12))) * (Xg - Xg.detach())
         numer = torch.where(in_set, ce, torch.zeros_like(ce)).sum(1)
         scale = 1.0 / lam if scale_by_lambda else 1.0
         per_positive = torch.where(use, w * scale * numer / bc_safe, torch.zeros_like(numer))
@@ -144,31 +193,49 @@ def _pairwise(logits, labels, ious, *, adaptive: bool, distance, delta, lam, bal
 def pairwise_error_loss(logits, labels, *, distance: str = "h", delta: float = 1.0, lam: float = 8.0,
                         balance: str = "rank", pair_threshold=None, self_rank: str = "one",
                         normalization: str = "positives", ious=None, iou_weight: bool = False,
-                        scale_by_lambda: bool = True, tie_value: float = 1.0, return_terms: bool = False):
+                        scale_by_lambda: bool = True, tie_value: float = 1.0, return_terms: bool = False,
+                        scope: str = "batch", saturation: str = "exact", top_q=None):
     """AP loss as a pairwise error (APE Eq. 8); see :func:`rankspec.refimpl.ape.pairwise_error_loss`.
 
     ``return_terms=True`` gives ``(loss, terms)`` with the reference's term
-    names (detached tensors).  Time and memory O(P n).
+    names (detached tensors).  ``scope="distributed"``: the loss of the union of
+    every rank's inputs, this rank's gradient times the world size (see
+    :mod:`._distributed`).  Time and memory O(P n).
     """
+    if check_choice(scope, "scope", APE_SCOPES) == "distributed":
+        return _distributed.call_on_union(
+            pairwise_error_loss, dict(logits=logits, labels=labels, ious=ious), flatten=True, distance=distance,
+            delta=delta, lam=lam, balance=balance, pair_threshold=pair_threshold, self_rank=self_rank,
+            normalization=normalization, iou_weight=iou_weight, scale_by_lambda=scale_by_lambda,
+            tie_value=tie_value, return_terms=return_terms, saturation=saturation, top_q=top_q)
     return _pairwise(logits, labels, ious, adaptive=False, distance=distance, delta=delta, lam=lam,
                      balance=balance, pair_threshold=pair_threshold, self_rank=self_rank,
                      normalization=normalization, iou_weight=iou_weight, scale_by_lambda=scale_by_lambda,
-                     tie_value=tie_value, return_terms=return_terms)
+                     tie_value=tie_value, return_terms=return_terms, saturation=saturation, top_q=top_q)
 
 
 def ape_loss(logits, labels, ious, *, distance: str = "ce", lam: float = 8.0, delta: float = 1.0,
-             balance: str = "rank", pair_threshold=None, self_rank: str = "h0", normalization: str = "positives",
+             balance: str = "rank", pair_threshold=None, self_rank: str = "h0", normalization: str = "active",
              iou_weight: bool = True, scale_by_lambda: bool = True, tie_value: float = 1.0,
-             return_terms: bool = False):
+             return_terms: bool = False, scope: str = "batch", saturation: str = "bce_float32",
+             top_q=AUTHORS_TOP_Q):
     """APE loss over ARPS pairs (APE Eqs. 9-10, Alg. 1); see :func:`rankspec.refimpl.ape.ape_loss`.
 
     ``ious`` (same shape as ``logits``) is treated as a constant.
-    ``return_terms=True`` gives ``(loss, terms)``.  Time and memory O(P n).
+    ``return_terms=True`` gives ``(loss, terms)``.  ``scope="distributed"``:
+    the loss of the union of every rank's inputs, this rank's gradient times
+    the world size (see :mod:`._distributed`).  Time and memory O(P n).
     """
+    if check_choice(scope, "scope", APE_SCOPES) == "distributed":
+        return _distributed.call_on_union(
+            ape_loss, dict(logits=logits, labels=labels, ious=ious), flatten=True, distance=distance, lam=lam,
+            delta=delta, balance=balance, pair_threshold=pair_threshold, self_rank=self_rank,
+            normalization=normalization, iou_weight=iou_weight, scale_by_lambda=scale_by_lambda,
+            tie_value=tie_value, return_terms=return_terms, saturation=saturation, top_q=top_q)
     return _pairwise(logits, labels, ious, adaptive=True, distance=distance, delta=delta, lam=lam,
                      balance=balance, pair_threshold=pair_threshold, self_rank=self_rank,
                      normalization=normalization, iou_weight=iou_weight, scale_by_lambda=scale_by_lambda,
-                     tie_value=tie_value, return_terms=return_terms)
+                     tie_value=tie_value, return_terms=return_terms, saturation=saturation, top_q=top_q)
 
 
 def arps_cluster_split(ranking_scores, localization_scores, instance_ids, **kwargs) -> torch.Tensor:
@@ -206,8 +273,8 @@ class PairwiseErrorLoss(torch.nn.Module):
 class APELoss(torch.nn.Module):
     """``nn.Module`` wrapper of :func:`ape_loss`; keywords are fixed at construction.
 
-    ``APELoss(lam=8.0)`` with the other defaults reproduces the authors'
-    ``APELoss`` except for the normaliser (``normalization="active"`` for theirs).
+    The defaults reproduce the authors' ``APELoss(lamb=8)`` (their float32
+    clamped BCE arithmetic, the mean over active positives, top-Q 100000).
     """
 
     def __init__(self, **kwargs):
@@ -219,3 +286,7 @@ class APELoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+
+# the loss record each adapter implements (rankspec.refimpl.records(); read by the generic record tests)
+pairwise_error_loss.__rankspec_record__ = "pairwise_error_loss"
+ape_loss.__rankspec_record__ = "ape_loss"
