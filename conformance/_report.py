@@ -38,6 +38,8 @@ def result_details(r, *, reproducers: bool = True):
                     if r.failed else ""))
     for note in r.notes:
         lines.append(f"   note: {note}")
+    if getattr(r, "first_failure_at", None) is not None:
+        lines.append(f"   first failure: case {r.first_failure_at} of {r.cases}, found by {r.found_by}")
     if r.diagnosis is not None:
         lines.append(f"   diagnosis: {r.diagnosis.summary}")
         for f in r.diagnosis.findings:
@@ -67,11 +69,47 @@ def result_details(r, *, reproducers: bool = True):
     return lines
 
 
-def format_text(report, *, reproducers: bool = True) -> str:
+#: how a row passes (``_compare.compare`` / ``case_tolerance``; the head check applies the same rule)
+PASS_RULE = (
+    "pass rule: every compared entry (the loss, each output part, each gradient entry) must satisfy",
+    "  |got - ref| <= atol + rtol * |ref|,  atol = base atol * max(1, sqrt(n / 1000)) + 4 eps max|logit| / "
+    "(2 delta)",
+    "  (n = number of logits; the last term only for losses with delta > 0, times log2(n) + 1 when bucketed).",
+    "  'err/allowed' is the worst |got - ref| / (atol + rtol * |ref|) over all cases and entries; "
+    "a row passes when it is <= 1.",
+    "  max|dloss| and max|dgrad| are the largest absolute errors, for scale; they are not compared directly.",
+)
+
+
+def _header(report) -> str:
+    if report.header:
+        return report.header
+    source = str(getattr(report, "source", "") or "")
+    if source.startswith("vectors verify"):
+        directory = source[len("vectors verify"):].strip()
+        per_loss = {}
+        for r in report.results:
+            per_loss.setdefault(r.loss, r.cases)
+        counts = ", ".join(f"{name} {n}" for name, n in per_loss.items())
+        return (f"rankspec vectors verify {report.version}: every stored case in {directory or 'DIR'} "
+                f"({counts}) per target and dtype, device {report.device}")
     examples = (f"{report.examples} generated example(s)" if report.examples is not None
                 else "each loss's default number of generated examples")
-    out = [report.header or f"rankspec check {report.version}: seed {report.seed}, {examples} per target and dtype, "
-           f"device {report.device}"]
+    return (f"rankspec check {report.version}: seed {report.seed}, {examples} per target and dtype, "
+            f"device {report.device}")
+
+
+def _ratio(x: float) -> str:
+    if x != x:
+        return "-"
+    if x == float("inf"):
+        return "inf"
+    return f"{x:.2g}" if x < 10 else f"{x:.3g}"
+
+
+def format_text(report, *, reproducers: bool = True) -> str:
+    out = [_header(report)]
+    out += list(PASS_RULE)
     for name in report.losses():
         spec = SPECS.get(name)
         rs = [r for r in report.results if r.loss == name]
@@ -83,11 +121,12 @@ def format_text(report, *, reproducers: bool = True) -> str:
         elif spec is not None:
             head += f": {spec.title}  -  reference {spec.call_string()} ({spec.citation})"
         out.append(head)
-        rows = [("target", "dtype", "cases", "failed", "max|dloss|", "rel", "max|dgrad|", "rel", "atol/rtol",
-                 "result")]
+        rows = [("target", "dtype", "cases", "failed", "max|dloss|", "max|dgrad|", "base atol/rtol",
+                 "err/allowed", "result")]
         for r in rs:
-            rows.append((r.target, r.dtype, str(r.cases), str(r.failed), _e(r.max_abs_loss), _e(r.max_rel_loss),
-                         _e(r.max_abs_grad), _e(r.max_rel_grad), f"{r.tolerance.atol:.0e}/{r.tolerance.rtol:.0e}",
+            rows.append((r.target, r.dtype, str(r.cases), str(r.failed), _e(r.max_abs_loss), _e(r.max_abs_grad),
+                         f"{r.tolerance.atol:.0e}/{r.tolerance.rtol:.0e}",
+                         _ratio(getattr(r, "max_score", float("nan"))) + (" <= 1" if r.conformant else ""),
                          "ok" if r.conformant else "FAIL"))
         out += _table(rows)
         for r in rs:
@@ -121,7 +160,8 @@ def format_junit(report) -> str:
             case = ET.SubElement(suite, "testcase", classname=f"rankspec.{name}", name=f"{r.target} [{r.dtype}]",
                                  time=f"{r.seconds:.3f}")
             stats = (f"cases={r.cases} failed={r.failed} errors={r.errors} max_abs_loss_error={_e(r.max_abs_loss)} "
-                     f"max_abs_grad_error={_e(r.max_abs_grad)} atol={r.tolerance.atol:g} rtol={r.tolerance.rtol:g}")
+                     f"max_abs_grad_error={_e(r.max_abs_grad)} atol={r.tolerance.atol:g} rtol={r.tolerance.rtol:g} "
+                     f"max_error_ratio={_ratio(getattr(r, 'max_score', float('nan')))} (pass: <= 1)")
             if not r.conformant:
                 msg = r.diagnosis.summary if r.diagnosis else f"{r.failed} of {r.cases} cases failed"
                 fail = ET.SubElement(case, "failure", message=msg, type="NonConformant")

@@ -6,9 +6,11 @@ Build (CI runs exactly this, warnings are errors)::
 
 The equation pages under ``reference/`` are generated at build time from the
 equation registry by the local extension ``_ext/rankspec_docs.py``; any other
-``*.rst`` page dropped into ``docs/`` is picked up by the glob toctree in
-``index.rst``.  Only Sphinx's built-in extensions and the default (alabaster)
-theme are used, so the build needs no network (MathJax loads at view time).
+page goes into one of the toctrees of ``index.rst`` (a page in none fails the
+``-W`` build).  Neither the build nor the built pages need the network: the
+theme (pydata-sphinx-theme) ships its assets, MathJax 3 is copied into
+``_static/mathjax`` by ``sphinx-mathjax-offline`` and the guides' examples run
+as doctests (``python -m sphinx -b doctest docs <out>``; ``tests/test_docs_guides.py``).
 """
 
 import os
@@ -27,17 +29,19 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 from _static/mathjax: formulas render with no network
     "sphinx.ext.viewcode",
+    "sphinx.ext.doctest",
+    "sphinx_copybutton",
+    "myst_parser",  # the README's quick start, included as Markdown
     "rankspec_docs",
 ]
 
 root_doc = "index"
 # technical text: keep quotes and dashes exactly as written (e.g. 'h0', x >= 0, --)
 smartquotes = False
-source_suffix = {".rst": "restructuredtext"}
-exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store"]
-# index.rst globs "*" for pages other helpers add; with none added the glob may be empty.
-suppress_warnings = ["toc.empty_glob"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build", "_ext", "Thumbs.db", ".DS_Store", "guides/examples"]
 
 # autodoc / napoleon: the reference docstrings are NumPy style with ``.. math::`` blocks.
 autodoc_member_order = "bysource"
@@ -51,11 +55,38 @@ napoleon_use_rtype = True
 viewcode_follow_imported_members = True
 viewcode_line_numbers = True
 
-html_theme = "alabaster"
+# doctest: the guides' examples import the files under guides/examples
+_GUIDE_EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guides", "examples")
+doctest_path = [_GUIDE_EXAMPLES]
+doctest_global_setup = f"""
+import os, sys, warnings
+EXAMPLES = {_GUIDE_EXAMPLES!r}
+sys.path.insert(0, EXAMPLES)
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+warnings.simplefilter("ignore", RuntimeWarning)
+"""
+# docstrings' ``>>>`` lines are illustrations, not tests; only the guides' doctest directives run
+doctest_test_doctest_blocks = ""
+
+# MyST: headings get anchors (the included README section links within itself)
+myst_heading_anchors = 3
+
+# copybutton: copy commands and code without prompts or outputs
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = False
+
+html_theme = "pydata_sphinx_theme"
 html_title = f"rankspec {release}"
+html_static_path = ["_static"]
 html_theme_options = {
-    "description": "Ground truth for ranking-based losses in object detection",
-    "fixed_sidebar": True,
-    "page_width": "1200px",
-    "sidebar_width": "260px",
+    "navbar_align": "left",
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+    "header_links_before_dropdown": 6,
+    "secondary_sidebar_items": ["page-toc"],
+    "footer_start": ["copyright"],
+    "footer_end": [],  # the default footer links to sphinx-doc.org / the theme's site: pages stay local
 }
+html_sidebars = {"**": ["sidebar-nav-bs"]}
+html_show_sourcelink = False

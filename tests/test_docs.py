@@ -98,6 +98,63 @@ def test_a_new_registration_appears_without_docs_edits():
     assert rankspec_docs.problems([new]) == []
 
 
+class _Record:
+    """Stands for a loss record: the public function calls ``RECORD.run``, the record holds the reference."""
+
+    def __init__(self, reference):
+        self.reference = reference
+
+
+_THIN_RECORD = _Record(None)
+
+
+def _thin_loss(logits, labels):
+    r"""A thin registered loss.
+
+    .. math:: \mathcal{L} = 0
+    """
+    return _THIN_RECORD.run(logits, labels)
+
+
+def _real_shared_loop():
+    """The AP / RS ranking-sorting loop, wherever the refactoring put it."""
+    import importlib
+
+    for mod in ("rankspec.refimpl.reference.ranking", "rankspec.refimpl._core"):
+        try:
+            return getattr(importlib.import_module(mod), "ranking_sorting_loop")
+        except (ImportError, AttributeError):
+            continue
+    pytest.skip("ranking_sorting_loop not found")
+
+
+def test_thin_entries_link_to_the_code_that_computes_them():
+    # a registered function that only dispatches through a record object (as the loss records do) to an
+    # unregistered helper: its entry says "Computed by" that helper, with a link to its source lines, and
+    # the helper gets a section of its own on the computation page (found from the code, no listing)
+    from rankspec.refimpl.primitives import smoothed_step
+
+    loop = _real_shared_loop()
+    _THIN_RECORD.reference = loop
+    try:
+        items = [Equation("tests.fake.thin_loss", "Thin", (("RS", "Eq. 1"),), "ap-rs", "loss", _thin_loss),
+                 Equation("rankspec.refimpl.primitives.smoothed_step", "H", (("BRL", "Eq. 3.2"),), "primitives",
+                          "primitive", smoothed_step)]
+        assert rankspec_docs.computed_by(_thin_loss, {smoothed_step})[:1] == [loop]
+        pages = rankspec_docs.generate_pages(items=items, conventions=[])
+    finally:
+        _THIN_RECORD.reference = None
+    family = pages[f"{GEN}/ap-rs.rst"]
+    q = f"{loop.__module__}.{loop.__qualname__}"
+    assert f":Computed by: :py:obj:`~{q}`" in family
+    comp = pages[f"{GEN}/{rankspec_docs.SHARED_PAGE}.rst"]
+    assert f".. autofunction:: {q}" in comp and ":py:obj:`~tests.fake.thin_loss`" in comp
+    url = rankspec_docs.source_url(loop)
+    assert url == "../_modules/" + loop.__module__.replace(".", "/") + ".html#" + loop.__qualname__
+    assert f"<{url}>`__" in comp  # "Source: file, lines a-b" is a link to the highlighted lines
+    assert f"   {rankspec_docs.SHARED_PAGE}" in pages[f"{GEN}/index.rst"]
+
+
 def test_entries_without_docstring_or_latex_are_reported():
     def undocumented(x):
         pass
@@ -257,15 +314,17 @@ def _read(html, page):
 
 def test_docs_build_with_warnings_as_errors(html):
     for page in ["index.html", "quickstart.html", f"{GEN}/index.html", f"{GEN}/conventions.html",
-                 f"{GEN}/registry.html", "api.html"] + [f"{GEN}/{f}.html" for f in FAMILIES]:
+                 f"{GEN}/registry.html", f"{GEN}/{rankspec_docs.SHARED_PAGE}.html", "api.html",
+                 "guides/check-your-port.html", "guides/oracle-in-tests.html", "guides/read-a-diagnosis.html"] + [f"{GEN}/{f}.html" for f in FAMILIES]:
         assert (html / page).is_file(), page
     index = _read(html, "index.html")
     for target in ["quickstart.html", f"{GEN}/index.html", f"{GEN}/conventions.html", f"{GEN}/registry.html"]:
         assert f'href="{target}' in index, target
-    # every extra page dropped into docs/ is reached through the index's glob toctree
+    # every page in docs/ is reached from the index's contents
     for name in os.listdir(DOCS):
-        if name.endswith(".rst"):
-            assert f'href="{name[:-4]}.html' in index or name == "index.rst", name
+        stem, ext = os.path.splitext(name)
+        if ext in (".rst", ".md") and stem != "index":
+            assert f'href="{stem}.html' in index, name
 
 
 def test_built_family_pages_show_each_function_with_equation_and_source(html):
@@ -288,3 +347,16 @@ def test_built_conventions_and_quickstart(html):
         assert (c.keyword or c.title) in conv
     quick = _read(html, "quickstart.html")
     assert "rs_loss" in quick and "quickstart-start" not in quick
+    # the README's Markdown is rendered (a heading and highlighted Python), not shown as Markdown source
+    assert "## Quick start" not in quick and "```" not in quick
+    assert re.search(r"<h2>Quick start: rankspec as an oracle", quick)
+    assert 'class="highlight-python' in quick
+
+
+def test_contents_list_each_page_once(html):
+    index = _read(html, "index.html")
+    body = index.split('class="toctree-wrapper', 1)[1]
+    top = re.findall(r'<li class="toctree-l1"><a class="reference internal" href="([^"#]+)">', body)
+    assert top and len(top) == len(set(top)), top
+    titles = re.findall(r'<li class="toctree-l1"><a class="reference internal" href="[^"]+">([^<]+)</a>', body)
+    assert len(titles) == len(set(titles)), titles

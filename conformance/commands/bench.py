@@ -19,7 +19,11 @@ against L, like BRL Fig. 4.1) into --output.  --losses ape,pe,rankdet,rankdet-si
 other families' pair sums (reference and fast paths) on the same logits; --backends torch adds the
 torch adapters' forward + backward on CPU tensors with each of their engines (torch, numba)."""
 EPILOG = """\
-exit codes: 0 done, 2 usage error (bad sizes, percentages, losses or backends; cuda unavailable)
+exit codes:
+  0  done: table printed; bench.json, bench.txt and bench.png written
+  2  usage error, reported before any timing: bad sizes, percentages, losses or backends, cuda
+     unavailable, an --output that cannot be written, matplotlib missing without --no-plot
+  3  timings done and bench.json / bench.txt written, but the plot could not be drawn
 
 examples:
   rankspec bench                         # the full protocol on the numba backend, float32 logits
@@ -33,7 +37,7 @@ examples:
 def _ints(text):
     try:
         vals = [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
     return vals
 
@@ -73,8 +77,11 @@ def add_arguments(p):
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="always draw the progress bar on stderr (default: only on a terminal)")
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+                     help="always draw the progress bar (cells done, current loss / L / m) on stderr "
+                          "(default: only on a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never draw it")
+    from ..bench_device import add_arguments as _add_issue14
+    _add_issue14(p)
 
 
 def _default_backends():
@@ -91,10 +98,24 @@ def _default_backends():
     return backends
 
 
-def run(args) -> int:
-    from ..bench import BACKENDS, LOSSES, QUICK, BenchConfig, format_table, run_bench, write_outputs
-    from ..cli import UsageError
+#: exit code: results written, plot failed (cli.EXIT_PLOT)
+EXIT_PLOT = 3
 
+
+def run(args) -> int:
+    import os
+    import sys
+
+    from ..bench import BACKENDS, LOSSES, QUICK, BenchConfig, format_table, plot, run_bench, write_outputs
+    from ._common import UsageError
+    from ._optional import require_plotting
+    from ._paths import check_output_dir
+    from ._suggest import did_you_mean
+
+    from ..bench_device import run_extra
+    extra = run_extra(args)
+    if extra is not None:
+        return extra
     cfg = BenchConfig()
     if args.quick:
         for k, v in QUICK.items():
@@ -117,12 +138,15 @@ def run(args) -> int:
         raise UsageError("--sizes must be positive integers")
     if not cfg.percents or any(not (0 < m <= 100) for m in cfg.percents):
         raise UsageError("--percents must lie in (0, 100]")
-    if not cfg.losses or any(loss not in LOSSES for loss in cfg.losses):
+    bad = [loss for loss in cfg.losses if loss not in LOSSES]
+    if not cfg.losses or bad:
+        hint = did_you_mean(bad[0], LOSSES) if bad else ""
         raise UsageError(f"--losses must be a comma-separated subset of {', '.join(LOSSES)}; "
-                         f"got {','.join(cfg.losses)}")
-    if any(b not in BACKENDS for b in cfg.backends):
+                         f"got {','.join(cfg.losses)}{hint}")
+    bad = [b for b in cfg.backends if b not in BACKENDS]
+    if bad:
         raise UsageError(f"--backends must be a comma-separated subset of {', '.join(BACKENDS)}; "
-                         f"got {','.join(cfg.backends)}")
+                         f"got {','.join(cfg.backends)}{did_you_mean(bad[0], BACKENDS)}")
     if "cuda" in cfg.backends:
         from rankspec.refimpl.fast import cuda_available
 
@@ -132,9 +156,25 @@ def run(args) -> int:
         raise UsageError("--repeats must be >= 1")
     if cfg.delta is not None and not (cfg.delta >= 0):
         raise UsageError("--delta must be >= 0")
+    check_output_dir(args.output)
+    if not args.no_plot:
+        require_plotting("bench")
 
     report = run_bench(cfg, progress=args.progress)
-    print(format_table(report))
-    paths = write_outputs(report, args.output, with_plot=not args.no_plot)
-    print("wrote " + ", ".join(paths))
+    print(format_table(report), flush=True)
+    try:
+        paths = write_outputs(report, args.output, with_plot=False)
+    except OSError as exc:  # the directory vanished or filled up since the check
+        raise UsageError(f"cannot write to {args.output!r}: {exc}") from None
+    print("wrote " + ", ".join(paths), flush=True)
+    if args.no_plot:
+        return 0
+    png = os.path.join(args.output, "bench.png")
+    try:
+        plot(report, png)
+    except Exception as exc:  # the results are written; say what failed instead of a traceback
+        print(f"rankspec bench: error: the plot could not be drawn ({type(exc).__name__}: {exc}); "
+              f"bench.json and bench.txt are written (exit code 3)", file=sys.stderr)
+        return EXIT_PLOT
+    print(f"wrote {png}")
     return 0

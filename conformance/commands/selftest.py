@@ -11,13 +11,14 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..cli import UsageError
+    from ._common import UsageError
     from ..selftest import format_rows, run_selftest
 
     if args.theorem_cases < 1:
         raise UsageError("--theorem-cases must be >= 1")
     rows = run_selftest(args.theorem_cases, args.seed)
     print("rankspec selftest: reference (float64) vs official-v1.npz (authors' code, float32) and BRL Sec. 3.4")
+    print("  and official-v2.npz (the DR, APE and aLRP authors' code, float32; default options)")  # v2 section
     print(format_rows(rows))
     ok = all(r.ok for r in rows)
     print("selftest passed" if ok else "selftest FAILED")

@@ -12,7 +12,6 @@ metadata).  The full schema is documented in :mod:`rankspec.conformance._golden`
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "vectors"
 HELP = "export golden test vectors (.npz + JSON) for other languages, or verify a target against them"
@@ -26,7 +25,8 @@ EPILOG = """\
 exit codes:
   0  export written / verify: conformant
   1  verify: nonconformant
-  2  usage error (bad directory or files, bad TARGET, unknown --loss, CUDA unavailable)"""
+  2  usage error, reported before any work (bad directory or files, an --output that cannot be
+     written, bad TARGET, unknown --loss, CUDA unavailable)"""
 
 
 def add_arguments(p):
@@ -72,17 +72,18 @@ def run(args) -> int:
     from rankspec.conformance._targets import TargetError, TargetSignatureError
     from rankspec.conformance.harness import UsageProblem
 
-    from ..cli import UsageError
-    from .check import parse_target_kwargs, write_report
+    from ._common import UsageError, parse_target_kwargs, write_report
+    from ._paths import check_output_dir, check_output_file
 
     if args.vectors_command is None:
-        args._vectors_parser.print_help(sys.stderr)
-        raise UsageError("a sub-command is required: export or verify")
+        raise UsageError("a sub-command is required: export or verify "
+                         "('rankspec vectors export DIR' or 'rankspec vectors verify DIR [TARGET]')")
     if args.vectors_command == "export":
         if args.examples < 0:
             raise UsageError("--examples must be >= 0")
         if args.max_size < 1:
             raise UsageError("--max-size must be >= 1")
+        check_output_dir(args.directory, "DIR")
         try:
             paths = export_vectors(args.directory, args.loss, examples=args.examples, seed=args.seed,
                                    max_size=args.max_size, include_recorded=not args.no_recorded)
@@ -92,6 +93,7 @@ def run(args) -> int:
             print(path)
         return 0
     kwargs = parse_target_kwargs(args.target_kwargs)
+    check_output_file(args.output)
     try:
         losses = args.loss or available_losses(args.directory)
         if args.target is not None and not losses:

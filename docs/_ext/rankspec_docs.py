@@ -27,13 +27,17 @@ failed build.  Docstring prose may write ``|P|`` and ``O(n_+ n_-)`` freely:
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import inspect
 import os
 import re
+import textwrap
 from typing import Dict, Iterable, List, Sequence
 
 GENERATED_DIR = "reference"  #: folder (under docs/) the generated pages go to
-RESERVED = ("index", "registry", "conventions")  #: generated page names a family key may not take
+SHARED_PAGE = "computation"  #: generated page of the unregistered shared code the registered functions call
+RESERVED = ("index", "registry", "conventions", SHARED_PAGE)  #: generated page names a family key may not take
 KIND_ORDER = {"loss": 0, "primitive": 1, "utility": 2}
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,17 +94,154 @@ def _registry():
     return registry
 
 
-def _source_location(func) -> str:
-    """``refimpl/rs.py, lines 16-80`` for a function or class."""
+def _source_span(func):
+    """``(relative path, first line, last line)`` of a function or class, or None."""
     try:
         path = inspect.getsourcefile(func)
         lines, start = inspect.getsourcelines(func)
     except (OSError, TypeError):
-        return ""
+        return None
     rel = os.path.relpath(path, _REPO_ROOT)
     if rel.startswith(".."):
         rel = func.__module__.replace(".", "/") + ".py"
-    return f"``{rel.replace(os.sep, '/')}``, lines {start}-{start + len(lines) - 1}"
+    return rel.replace(os.sep, "/"), start, start + len(lines) - 1
+
+
+def source_url(func, depth: int = 1) -> str:
+    """Relative URL of ``func``'s highlighted code on its ``sphinx.ext.viewcode`` page.
+
+    viewcode writes ``_modules/<module path>.html`` with an anchor named by the object's
+    qualified name inside its module; ``depth`` is how many folders below ``docs/`` the
+    linking page lies.
+    """
+    func = inspect.unwrap(func)
+    return ("../" * depth + "_modules/" + func.__module__.replace(".", "/") + ".html#"
+            + func.__qualname__)
+
+
+def _source_location(func, depth: int = 1) -> str:
+    """A link ``refimpl/rs.py, lines 16-80`` to the viewcode page of a function or class."""
+    span = _source_span(func)
+    if span is None:
+        return ""
+    rel, first, last = span
+    text = f"{rel}, lines {first}-{last}".replace("<", "\\<").replace("`", "\\`")
+    return f"`{text} <{source_url(func, depth)}>`__"
+
+
+# --------------------------------------------------------------------------- who computes what
+
+#: modules (by name component) whose functions only check, parse or package inputs and results
+NOT_COMPUTATION = frozenset({"_validate", "_inputs", "_result", "registry", "record", "conventions", "fast",
+                             "vectors", "_constants", "constants", "data"})
+#: unregistered public helpers with these name prefixes check inputs rather than compute
+_CHECKER_PREFIXES = ("check_", "parse_", "validate")
+_MAX_DEPTH = 4
+
+
+def _in_refimpl(obj) -> bool:
+    mod = getattr(obj, "__module__", None) or ""
+    parts = mod.split(".")
+    return mod.startswith("rankspec.refimpl") and not (set(parts[2:]) & NOT_COMPUTATION)
+
+
+def _attributes(obj) -> List:
+    """The field values of a plain object (e.g. a loss record holding its reference function)."""
+    if inspect.ismodule(obj) or inspect.isroutine(obj) or inspect.isclass(obj):
+        return []
+    if dataclasses.is_dataclass(obj):
+        return [getattr(obj, f.name, None) for f in dataclasses.fields(obj)]
+    return list(getattr(obj, "__dict__", {}).values())
+
+
+def _direct_callees(func) -> List:
+    """Functions of ``rankspec.refimpl`` that ``func``'s source calls by a global name or ``module.name``,
+    and those held by global objects it uses (``RECORD.run(...)`` with ``RECORD.reference = f``)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return []
+    glb = getattr(func, "__globals__", {})
+    out = []
+
+    def add(obj):
+        if obj is None or not inspect.isfunction(obj):
+            return
+        obj = inspect.unwrap(obj)
+        if obj is not func and _in_refimpl(obj) and obj not in out:
+            out.append(obj)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Name):
+                add(glb.get(f.id))
+            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+                base = glb.get(f.value.id)
+                if inspect.ismodule(base):
+                    add(getattr(base, f.attr, None))
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in glb:
+            for value in _attributes(glb[node.id]):
+                add(value)
+    return out
+
+
+def computed_by(func, registered) -> List:
+    """The functions that compute ``func``'s equations: the public ``rankspec.refimpl`` functions it
+    calls, directly or through private helpers and unregistered public helpers (call order, up to
+    four calls deep).  Registered functions (``registered``: a set of functions) end the descent:
+    they have their own entry.  Input checking (``check_*``, ``parse_*`` helpers; the
+    validation, input and result modules) and the fast backends are left out.
+    """
+    func = inspect.unwrap(func)
+    if not inspect.isfunction(func):
+        return []
+    found, seen, frontier = [], {func}, [func]
+    for _ in range(_MAX_DEPTH):
+        nxt = []
+        for f in frontier:
+            for c in _direct_callees(f):
+                if c in seen:
+                    continue
+                seen.add(c)
+                public = not c.__name__.startswith("_")
+                if c in registered:
+                    found.append(c)
+                    continue
+                if public and c.__name__.startswith(_CHECKER_PREFIXES):
+                    continue
+                if public:
+                    found.append(c)
+                nxt.append(c)
+        frontier = nxt
+    return found
+
+
+def shared_functions(items: Sequence) -> Dict:
+    """``{unregistered helper: [entries whose equations it computes]}``, in first-use order."""
+    registered = {inspect.unwrap(e.func) for e in items}
+    out: Dict = {}
+    for e in sorted(items, key=_sort_key):
+        for c in computed_by(e.func, registered):
+            if c not in registered:
+                out.setdefault(c, []).append(e)
+    return out
+
+
+def _qualified(func) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+def _computed_by_field(e, items: Sequence) -> List[str]:
+    by_func = {inspect.unwrap(x.func): x for x in items}
+    parts = []
+    for c in computed_by(e.func, set(by_func)):
+        if c in by_func:
+            parts.append(obj_ref(by_func[c].qualname))
+        else:
+            parts.append(f"{obj_ref(_qualified(c))} (:ref:`details <{label('computation-' + _qualified(c))}>`, "
+                         f"{_source_location(c)})")
+    return [f":Computed by: {', '.join(parts)}"] if parts else []
 
 
 def _sort_key(e):
@@ -183,7 +324,8 @@ def family_page(family: str, title: str, items: Sequence, all_items: Sequence | 
                 f":Function: ``{e.qualname}`` ({e.kind})"]
         loc = _source_location(e.func)
         if loc:
-            out += [f":Source: {loc} (follow ``[source]`` beside the signature for the highlighted code)"]
+            out += [f":Source: {loc}"]
+        out += _computed_by_field(e, all_items)
         out += [""]
         out += _autodoc_directive(e, all_items)
         out += [""]
@@ -201,9 +343,40 @@ def families_index(families: Dict[str, str], items: Sequence) -> str:
     for key, title in families.items():
         n = sum(1 for e in items if e.family == key)
         out += [f"   * - ``{key}``", f"     - :doc:`{escape(title)} <{key}>`", f"     - {n}"]
-    out += ["", ".. toctree::", "   :maxdepth: 2", ""]
+    out += ["", f"The plain NumPy code the registered functions call to compute their equations (for example "
+            f"the AP / RS ranking-sorting loop) is documented on :doc:`{SHARED_PAGE}`; each family page "
+            "links every entry to the functions that compute it (``Computed by``).", ""]
+    out += [".. toctree::", "   :maxdepth: 2", ""]
     out += [f"   {key}" for key in families]
-    out += [""]
+    out += [f"   {SHARED_PAGE}", ""]
+    return "\n".join(out)
+
+
+def shared_page(items: Sequence) -> str:
+    """reST of the page documenting the unregistered code the registered functions call."""
+    shared = shared_functions(items)
+    out = [f".. _{label('family-' + SHARED_PAGE)}:", ""]
+    out += heading("Reference computation: the code behind the registered functions", "=")
+    out += ["Most registered functions are thin: they check their inputs, pick a backend and call the "
+            "plain NumPy code that computes the equations they are registered for -- for the AP / RS "
+            "family one ranking-sorting loop shared by four losses.  This page documents that code, "
+            "found by following each registered function's calls at build time (so it follows the code "
+            "when it moves).  Each section names the registered functions whose equations it computes; "
+            "each family page links every entry here (``Computed by``).", ""]
+    if not shared:
+        out += [".. note::", "", "   No registered function calls unregistered shared code.", ""]
+        return "\n".join(out)
+    for func, users in shared.items():
+        q = _qualified(func)
+        out += [f".. _{label('computation-' + q)}:", ""]
+        out += heading(f"``{func.__name__}``", "-")
+        out += [f":Function: ``{q}``"]
+        loc = _source_location(func)
+        if loc:
+            out += [f":Source: {loc}"]
+        out += [":Computes the equations of: " + ", ".join(
+            f"{obj_ref(e.qualname)} ({paper_ref(e.refs[0][0])} {escape(e.refs[0][1])})" for e in users), ""]
+        out += [f".. autofunction:: {q}", ""]
     return "\n".join(out)
 
 
@@ -357,7 +530,8 @@ def generate_pages(items: Sequence | None = None, conventions: Sequence | None =
     pages = {f"{GENERATED_DIR}/index.rst": families_index(families, items),
              f"{GENERATED_DIR}/registry.rst": registry_page(items, papers, families),
              f"{GENERATED_DIR}/conventions.rst": conventions_page(list(conventions), items, families)
-             + adapter_conventions_section()}
+             + adapter_conventions_section(),
+             f"{GENERATED_DIR}/{SHARED_PAGE}.rst": shared_page(items)}
     for key, title in families.items():
         pages[f"{GENERATED_DIR}/{key}.rst"] = family_page(key, title, items)
     return pages
