@@ -31,6 +31,7 @@ from .rankdet import (ClassSpecificRankingLoss, GlobalRankingLoss, IoUGuidedRank
                       class_specific_ranking_loss, global_ranking_loss, iou_guided_ranking_loss, rankdet_loss)
 from .dr import DRLoss, dr_loss
 from .ape import APELoss, PairwiseErrorLoss, ape_loss, arps_cluster_split, pairwise_error_loss
+from .alrp import ALRPLossModule, aLRPLoss, alrp_loss
 from .detector import (GIoULoss, TaskBalancedLoss, box_iou, generalized_box_iou, giou_loss, score_based_weights,
                        task_balanced_loss)
 
@@ -43,4 +44,5 @@ __all__ = [
     "dr_loss", "DRLoss", "ape_loss", "pairwise_error_loss", "arps_cluster_split", "APELoss", "PairwiseErrorLoss",
     "box_iou", "generalized_box_iou", "giou_loss", "score_based_weights", "task_balanced_loss", "GIoULoss",
     "TaskBalancedLoss",
+    "alrp_loss", "aLRPLoss", "ALRPLossModule",
 ]
