@@ -128,11 +128,25 @@ def pytest_addoption(parser):
 
 
 def _option(config, name, default):
+    """``--rankspec-NAME`` or the ini key ``rankspec_NAME``, validated like the API's argument: examples an
+    integer >= 1, seed in [0, 2**32); a bad value stops the session with a usage error naming the option."""
+    from rankspec.conformance._usage import UsageProblem, check_count, check_seed
+
     value = config.getoption(f"--rankspec-{name}")
+    where = f"--rankspec-{name}"
     if value is None:
         ini = config.getini(f"rankspec_{name}")
-        value = int(ini) if ini not in (None, "", []) else default
-    return value
+        where = f"ini option rankspec_{name}"
+        if ini in (None, "", []):
+            return default
+        try:
+            value = int(str(ini).strip())
+        except ValueError:
+            raise pytest.UsageError(f"{where} must be an integer, got {ini!r}") from None
+    try:
+        return check_count(value, where) if name == "examples" else check_seed(value, where)
+    except UsageProblem as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.fixture
