@@ -1,6 +1,6 @@
 """PyTorch versions of the pairwise error (APE Eq. 8), the APE loss (APE Eqs. 9-10) and the ARPS split.
 
-Same keyword conventions and defaults as :mod:`rankspec.refimpl.ape`; the
+Same keyword conventions and defaults as :mod:`rankspec.refimpl.losses.ape`; the
 returned 0-d loss has the dtype and device of ``logits``.
 
 Gradients
@@ -76,7 +76,7 @@ def _threshold(pair_threshold, distance: str, delta: float, lam: float) -> float
 def _step(x: torch.Tensor, delta: float, tie_value: float) -> torch.Tensor:
     """Smoothed step H (APE Eq. 6 with + 0.5; BRL Eq. 3.2)."""
     if delta > 0:
-        return torch.clamp(x / (2.0 * delta) + 0.5, 0.0, 1.0)
+        return torch.clamp(x / delta * 0.5 + 0.5, 0.0, 1.0)  # as the reference: 2 delta may overflow
     return torch.where(x > 0, torch.ones_like(x), torch.where(x == 0, torch.full_like(x, tie_value),
                                                               torch.zeros_like(x)))
 
@@ -195,7 +195,7 @@ def pairwise_error_loss(logits, labels, *, distance: str = "h", delta: float = 1
                         normalization: str = "positives", ious=None, iou_weight: bool = False,
                         scale_by_lambda: bool = True, tie_value: float = 1.0, return_terms: bool = False,
                         scope: str = "batch", saturation: str = "exact", top_q=None):
-    """AP loss as a pairwise error (APE Eq. 8); see :func:`rankspec.refimpl.ape.pairwise_error_loss`.
+    """AP loss as a pairwise error (APE Eq. 8); see :func:`rankspec.refimpl.losses.ape.pairwise_error_loss`.
 
     ``return_terms=True`` gives ``(loss, terms)`` with the reference's term
     names (detached tensors).  ``scope="distributed"``: the loss of the union of
@@ -219,7 +219,7 @@ def ape_loss(logits, labels, ious, *, distance: str = "ce", lam: float = 8.0, de
              iou_weight: bool = True, scale_by_lambda: bool = True, tie_value: float = 1.0,
              return_terms: bool = False, scope: str = "batch", saturation: str = "bce_float32",
              top_q=AUTHORS_TOP_Q):
-    """APE loss over ARPS pairs (APE Eqs. 9-10, Alg. 1); see :func:`rankspec.refimpl.ape.ape_loss`.
+    """APE loss over ARPS pairs (APE Eqs. 9-10, Alg. 1); see :func:`rankspec.refimpl.losses.ape.ape_loss`.
 
     ``ious`` (same shape as ``logits``) is treated as a constant.
     ``return_terms=True`` gives ``(loss, terms)``.  ``scope="distributed"``:
@@ -242,7 +242,7 @@ def arps_cluster_split(ranking_scores, localization_scores, instance_ids, **kwar
     """ARPS positive / negative split (APE Sec. 6) for tensors.
 
     Runs the NumPy/scikit-learn reference
-    (:func:`rankspec.refimpl.ape.arps_cluster_split`, same keywords) on
+    (:func:`rankspec.refimpl.reference.arps.arps_cluster_split`, same keywords) on
     detached CPU copies - the authors also fit the GMM on the CPU - and returns
     an int64 tensor of 0/1 labels on the device of ``ranking_scores``.
     """

@@ -225,14 +225,14 @@ ape_cols_par, ape_cols_ser = par_ser(_ape_cols_impl)
 
 @njit(inline="always", **_OPTS)
 def _hpos(x, delta):
-    """H(x) > 0 at delta > 0, with the reference's operations (x / (2 delta) + 0.5 > 0)."""
-    return x / (2.0 * delta) + 0.5 > 0.0
+    """H(x) > 0 at delta > 0, with the reference's operations (x / delta / 2 + 0.5 > 0)."""
+    return x / delta * 0.5 + 0.5 > 0.0
 
 
 @njit(inline="always", **_OPTS)
 def _hsat(x, delta):
     """H(x) == 1 at delta > 0 (the clip saturates)."""
-    return x / (2.0 * delta) + 0.5 >= 1.0
+    return x / delta * 0.5 + 0.5 >= 1.0
 
 
 @njit(**_OPTS)

@@ -42,13 +42,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._result import LossResult
-from .._validate import _real_scalar, as_float_array, check_choice, check_delta
+from .._validate import _real_scalar, as_float_array, check_choice, check_delta, check_tie_value
 from ..constants import check_backend
-from ..primitives import SELF_RANK_CHOICES, check_tie_value, self_term
 from ..record import Convention, LossRecord, register_record
 from ..registry import implements
 from ..reference.alrp import (SB_WEIGHT_INITIAL, alrp_classification, alrp_localisation, round_buffers,
                               self_balancing_weight)
+from ..reference.primitives import SELF_RANK_CHOICES, self_term
 
 __all__ = ["alrp_loss", "alrp_loc_loss", "validate_alrp", "ALRPInput", "alrp_reference", "self_balancing_weight",
            "SB_WEIGHT_INITIAL", "ALRP_RECORD", "ALRP_CONVENTIONS", "BUFFER_DTYPE_CHOICES", "ALRP_TERMS"]
@@ -122,16 +122,35 @@ def validate_alrp(logits, targets, regression_losses, delta=1.0, *, self_rank="o
                      normalization)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _out_of_range(what: str, limit: str, fix: str) -> ValueError:
+    return ValueError(f"regression_losses too large: {what} exceeds the {limit} range ({fix}); the classification "
+                      f"gradient is bounded by max(1, max e_loc) per positive (times |P| per negative before "
+                      f"normalization) and the localisation component by max e_loc / min rank")
+
+
 def finish(x: ALRPInput, loss_sum: float, rank, n_fp, order, grad_pos, grad_neg) -> LossResult:
-    """Assemble the LossResult from un-normalised per-positive / per-negative values (any backend)."""
+    """Assemble the LossResult from un-normalised per-positive / per-negative values (any backend).
+
+    Values that the output cannot hold (only with regression_losses of extreme magnitude: beyond
+    float32 with ``buffer_dtype="float32"``, beyond float64 otherwise) raise a ValueError naming
+    ``regression_losses`` instead of returning inf."""
     pos, neg = x.pos, x.neg
     Z = x.Z
     grad = np.zeros(x.logits.size)
     grad[pos] = grad_pos / Z
     grad[neg] = grad_neg / Z
     loss = loss_sum / Z
+    if not np.all(np.isfinite(grad)):
+        raise _out_of_range("the gradient", "float64", "normalize by |P| or scale the localisation errors")
+    if x.buffer_dtype == "float32" and grad.size and float(np.max(np.abs(grad))) > _FLOAT32_MAX:
+        raise _out_of_range("the gradient", "float32", "use buffer_dtype='float64'")
     rank, grad, loss_arr = round_buffers(x.buffer_dtype, rank, grad, np.array([loss]))
     loc, _ = alrp_localisation(x.regression_losses, rank, order)
+    if not np.isfinite(loc):
+        raise _out_of_range("the localisation component", "float64", "scale the localisation errors")
     loss = float(loss_arr[0])
     terms = {"classification": loss, "rank": rank, "order": np.asarray(order, dtype=np.int64),
              "loc_component": loc, "n_fp": np.asarray(n_fp, dtype=np.float64), "num_positives": float(len(pos))}
@@ -253,5 +272,9 @@ def alrp_loc_loss(regression_losses, rank, order) -> LossResult:
     if np.any(r <= 0):
         raise ValueError("rank must be > 0 (rank(i) >= 1 with the authors' self term)")
     value, grad = alrp_localisation(e, r, o)
+    if not np.isfinite(value) or not np.all(np.isfinite(grad)):
+        raise ValueError("the localisation component or its gradient exceeds the float64 range (regression_losses "
+                         "~1e308 or rank ~1e-308); the value is bounded by max e_loc / min rank, the gradient by "
+                         "1 / min rank")
     return LossResult(value, grad, {"localisation": value})
 

@@ -414,7 +414,7 @@ _COMMON_DOC = """
         ``distance="ce"`` only: divide the CE loss by lambda, so its gradient
         equals the error-driven update of the S form (authors' code).
     tie_value:
-        H(0) at ``delta == 0`` (see :func:`~rankspec.refimpl.primitives.smoothed_step`).
+        H(0) at ``delta == 0`` (see :func:`~rankspec.refimpl.reference.primitives.smoothed_step`).
     backend:
         ``"numpy"`` (the readable reference), ``"numba"`` or ``"cuda"``: the
         fast paths of :mod:`rankspec.refimpl.fast.ape` (same numbers).

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..primitives import self_term, smoothed_step
+from .primitives import self_term, smoothed_step
 from ..registry import implements
 
 __all__ = ["ALRPCore", "alrp_classification", "alrp_localisation", "self_balancing_weight",
@@ -38,6 +38,18 @@ __all__ = ["ALRPCore", "alrp_classification", "alrp_localisation", "self_balanci
 
 #: The self-balancing weight the authors start from (before the first re-estimate).
 SB_WEIGHT_INITIAL = 50.0
+
+#: localisation errors above this are summed in units of a power of two (e_loc_unit), so that sums of many
+#: of them stay finite whenever the result is
+BIG_E = 2.0 ** 900
+
+
+def e_loc_unit(e: np.ndarray) -> float:
+    """1.0, or the power of two k with max(e) k in [1/2, 1) when max(e) > BIG_E (scaling by k is exact)."""
+    top = float(np.max(e)) if np.size(e) else 0.0
+    if top <= BIG_E:
+        return 1.0
+    return float(np.ldexp(1.0, -int(np.frexp(top)[1])))
 
 
 @dataclass(frozen=True)
@@ -89,17 +101,30 @@ def alrp_classification(s_pos: np.ndarray, e_pos: np.ndarray, s_neg: np.ndarray,
     grad_pos = np.zeros(P)
     grad_neg = np.zeros(M)
     order = np.argsort(s_pos, kind="stable").astype(np.int64)
+    # e_loc in units k (1 unless some e_loc > 2^900): sum H e_loc k <= |P| cannot overflow; E(i) <= max(1, max e)
+    k = e_loc_unit(e_pos)
+    e_k = e_pos * k
     for i in order:  # the authors' loop order (ascending logit); the sums do not depend on it
-        h_pos = smoothed_step(s_pos - s_pos[i], delta, tie_value)
+        # a difference of two logits of magnitude ~1e308 may overflow to +-inf; H maps it to 1 / 0, as it
+        # would map the exact difference, so the overflow is harmless and silenced
+        with np.errstate(over="ignore"):
+            x_pos, x_neg = s_pos - s_pos[i], s_neg - s_pos[i]
+        h_pos = smoothed_step(x_pos, delta, tie_value)
         h_pos[i] = 0.0  # the self relation is replaced by the self term (authors: fg_relations[ii] = 0)
-        h_neg = smoothed_step(s_neg - s_pos[i], delta, tie_value)
+        h_neg = smoothed_step(x_neg, delta, tie_value)
         rank_plus[i] = own + h_pos.sum()  # rank+(i)   (BRL Eq. 3.1)
         n_fp[i] = h_neg.sum()  # N_FP(i)   (BRL Eq. 3.1)
         if n_fp[i] > eps:
             # E(i): false positives plus the localisation errors of the positives above i
-            update[i] = (n_fp[i] + np.sum(h_pos * e_pos)) / (rank_plus[i] + n_fp[i])
+            if k == 1.0:
+                update[i] = (n_fp[i] + np.sum(h_pos * e_pos)) / (rank_plus[i] + n_fp[i])
+            else:  # the same E(i), split so that no intermediate exceeds E(i)
+                rank_i = rank_plus[i] + n_fp[i]
+                update[i] = n_fp[i] / rank_i + (np.sum(h_pos * e_k) / rank_i) / k
             grad_pos[i] = -update[i]  # outgoing primary terms of i (RS Eq. 5)
-            grad_neg += update[i] * h_neg / n_fp[i]  # incoming L_iv = E(i) p(v|i)   (RS Eq. 5)
+            grad_neg += (update[i] * k) * h_neg / n_fp[i]  # incoming L_iv = E(i) p(v|i)   (RS Eq. 5), units k
+    with np.errstate(over="ignore"):  # sum_i E(i) beyond float64 (|P| e_loc ~ 1e308): inf, reported by the caller
+        grad_neg = grad_neg / k
     rank = rank_plus + n_fp
     return ALRPCore(rank_plus, n_fp, rank, n_fp / rank, update, order, grad_pos, grad_neg)
 
@@ -127,11 +152,14 @@ def alrp_localisation(regression_losses: np.ndarray, rank: np.ndarray, order: np
     if P == 0:
         return 0.0, np.zeros(0)
     desc = np.asarray(order)[::-1]
-    e_desc = regression_losses[desc]
-    inv_rank = 1.0 / rank[desc]
-    value = float(np.sum(np.cumsum(e_desc) * inv_rank) / P)
+    k = e_loc_unit(regression_losses)  # cumulative sums in units k (1 unless some e_loc > 2^900)
+    e_desc = regression_losses[desc] * k
     grad = np.zeros(P)
-    grad[desc] = np.cumsum(inv_rank[::-1])[::-1] / P  # sum over k >= m of 1 / rank(o_k)
+    # values beyond float64 (e_loc ~ 1e308, or a given rank ~ 1e-308): inf, reported by the caller
+    with np.errstate(over="ignore"):
+        inv_rank = 1.0 / rank[desc]
+        value = float(np.sum(np.cumsum(e_desc) * inv_rank) / P / k)
+        grad[desc] = np.cumsum(inv_rank[::-1])[::-1] / P  # sum over k >= m of 1 / rank(o_k)
     return value, grad
 
 

@@ -10,8 +10,7 @@
 Everything is float64 and written for clarity, not speed.  The public functions check their
 arguments (a NaN ``x``, a ``self_index`` outside the positives, negative ``neg_weights`` are
 errors naming the argument); :func:`step_values` is the unchecked formula the references call on
-arrays they have already validated.  (Moved here from ``rankspec.refimpl.primitives``, which
-stays importable.)
+arrays they have already validated.
 """
 
 from __future__ import annotations

@@ -53,10 +53,10 @@ def classify(x, y, iou):
 
 def h_step(x, delta, tie):
     """The smoothed step H of BRL Eq. 3.2 with the reference's floating-point operations
-    (``smoothed_step``): clip(x / (2 delta) + 1/2, 0, 1), or [x > 0] + tie [x == 0] at delta = 0.
+    (``smoothed_step``): clip((x / delta) / 2 + 1/2, 0, 1), or [x > 0] + tie [x == 0] at delta = 0.
     x = +-inf (an overflowed difference) gives 1 / 0, as in the reference."""
     if delta > 0.0:
-        v = x / (2.0 * delta) + 0.5
+        v = x / delta * 0.5 + 0.5  # (x / delta) / 2: 2 delta would overflow for delta > MAXF / 2
         if v < 0.0:
             return 0.0
         if v > 1.0:
@@ -72,7 +72,7 @@ def h_step(x, delta, tie):
 def h_positive(x, delta, tie):
     """``H(x) > 0`` with the reference's exact float operations."""
     if delta > 0.0:
-        return x / (2.0 * delta) + 0.5 > 0.0
+        return x / delta * 0.5 + 0.5 > 0.0
     return x > 0.0 or (x == 0.0 and tie > 0.0)
 
 
@@ -247,14 +247,15 @@ HELPERS = (classify, h_step, h_positive, is_valid, expit, log1pexp, sigmoid_exp,
            sum_scale)
 
 
-def compile_for(jit):
-    """Every helper of :data:`HELPERS` compiled with ``jit`` (a decorator), in a namespace.
+def compile_for(jit, helpers=None):
+    """Every helper of ``helpers`` (default :data:`HELPERS`; a tuple in dependency order, such as
+    another kernel family's plain scalar functions) compiled with ``jit`` (a decorator), in a namespace.
 
     Each helper is rebuilt from its own code object with globals in which the helpers it calls
     are the already compiled versions, so calls stay inside the target (a CUDA device function
     calls device functions, an inlined CPU helper inlines its callees)."""
     done = {}
-    for fn in HELPERS:
+    for fn in (HELPERS if helpers is None else helpers):
         env = dict(fn.__globals__)
         env.update(done)
         clone = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)
