@@ -108,7 +108,7 @@ def _functions(loss: str):
     if loss == "ap":
         return ap_loss, bucketed_ap_loss, 1.0
     if loss in ("ape", "pe"):
-        from rankspec.refimpl.ape import ape_loss, pairwise_error_loss
+        from rankspec.refimpl import ape_loss, pairwise_error_loss
 
         if loss == "ape":  # APE loss with the authors' defaults: CE distance, lambda 8, threshold 4 / lambda
             return (lambda s, y, t, d, **kw: ape_loss(s, y, t, **kw)), None, None

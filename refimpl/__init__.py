@@ -16,15 +16,17 @@ from ._result import LossResult
 from .constants import BACKENDS
 from .record import Convention, LossRecord, get_record, records, register_record
 from .registry import PAPERS, entries, implements, lookup
-from .primitives import IdentityUpdate, rank_counts, smoothed_step
+from .reference.primitives import IdentityUpdate, rank_counts, smoothed_step
 from .losses.ap_rs import ap_loss, bucketed_ap_loss, bucketed_rs_loss, rs_loss  # AP / RS family (records)
 from .reference.ranking import make_buckets
 from .scope import per_image_weights, combine_per_image
-from .dr import dr_loss, hard_negative_prior  # DR Loss (DR); registers the DR family
-from .rankdet import class_specific_ranking_loss, global_ranking_loss, iou_guided_ranking_loss, rankdet_loss  # RankDet
+from .losses.dr import dr_loss, hard_negative_prior  # DR Loss (DR); registers the DR family
+from .losses.rankdet import (class_specific_ranking_loss, global_ranking_loss, iou_guided_ranking_loss,  # RankDet
+                             rankdet_loss)
 from .losses.ape import ape_loss, arps_cluster_split, arps_negative_sets, pairwise_error_loss  # APE / ARPS (records)
-from .detector import box_iou, generalized_box_iou, giou_loss, task_balanced_loss  # RS Sec. 5 detector glue
-from .geometry import rotated_bev_iou, rotated_iou_3d  # rotated boxes of the 3D head (RankDet Sec. 4.4)
+from .losses.giou import giou_loss  # GIoU Loss (record)
+from .reference.detector import box_iou, generalized_box_iou, task_balanced_loss  # RS Sec. 5 detector glue
+from .reference.geometry import rotated_bev_iou, rotated_iou_3d  # rotated boxes of the 3D head (RankDet Sec. 4.4)
 from .losses.alrp import alrp_loc_loss, alrp_loss, self_balancing_weight  # aLRP Loss (aLRP; RS, BRL, APE)
 
 __version__ = "0.1.0"

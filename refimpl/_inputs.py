@@ -24,7 +24,7 @@ import numpy as np
 from ._result import LossResult
 from ._validate import (as_float_array, check_binary_labels, check_bool, check_choice, check_delta, check_iou_targets,
                         check_same_shape)
-from .primitives import self_term
+from .reference.primitives import self_term
 
 __all__ = ["NORMALIZATION_CHOICES", "TIED_NEGATIVES_CHOICES", "RankingInput", "RankingOptions", "validate_ranking",
            "check_ranking_options", "normalizer", "is_device_array"]

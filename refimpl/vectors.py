@@ -16,9 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .ap import ap_loss
-from .bucketed import bucketed_ap_loss, bucketed_rs_loss
-from .rs import rs_loss
+from .losses.ap_rs import ap_loss, bucketed_ap_loss, bucketed_rs_loss, rs_loss
 
 __all__ = ["Record", "VectorCase", "load_official", "OFFICIAL", "reference_outputs", "UNRELIABLE"]
 

@@ -76,7 +76,7 @@ def load_official_v2() -> Dict[str, List[V2Case]]:
 
 def dr_reference(case: V2Case):
     """The reference's DR result for a DR case, with the grouping the case records."""
-    from .dr import dr_loss
+    from .losses.dr import dr_loss
 
     if case.family != "dr":
         raise ValueError(f"expected a DR case, got family {case.family!r}")

@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 
 from strategies import ranking_problems, shifts
 
-from rankspec.refimpl import LossResult, lookup
-from rankspec.refimpl.ap import ap_loss
-from rankspec.refimpl.ape import (ape_loss, arps_cluster_split, arps_negative_sets, ce_distance,
-                                  pairwise_error_loss, sigmoid_distance)
+from rankspec.refimpl import (LossResult, ap_loss, ape_loss, arps_cluster_split, arps_negative_sets, lookup,
+                              pairwise_error_loss)
+from rankspec.refimpl.losses.ape import ce_distance, sigmoid_distance
 from rankspec.refimpl.conventions import all_conventions
 
 

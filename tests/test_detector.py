@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rankspec.refimpl import LossResult, lookup
-from rankspec.refimpl.detector import (box_iou, generalized_box_iou, giou_loss, magnitude_based_task_weight,
-                                       score_based_weights, task_balanced_loss, value_based_task_weight)
-from rankspec.refimpl.rs import rs_loss
+from rankspec.refimpl import LossResult, box_iou, generalized_box_iou, giou_loss, lookup, rs_loss, task_balanced_loss
+from rankspec.refimpl.reference.detector import (magnitude_based_task_weight, score_based_weights,
+                                                 value_based_task_weight)
 
 
 def sig(x):

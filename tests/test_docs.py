@@ -117,28 +117,23 @@ def _thin_loss(logits, labels):
 
 
 def _real_shared_loop():
-    """The AP / RS ranking-sorting loop, wherever the refactoring put it."""
-    import importlib
+    """The AP / RS ranking-sorting loop (the unregistered helper the AP / RS records compute with)."""
+    from rankspec.refimpl.reference.ranking import ranking_sorting_loop
 
-    for mod in ("rankspec.refimpl.reference.ranking", "rankspec.refimpl._core"):
-        try:
-            return getattr(importlib.import_module(mod), "ranking_sorting_loop")
-        except (ImportError, AttributeError):
-            continue
-    pytest.skip("ranking_sorting_loop not found")
+    return ranking_sorting_loop
 
 
 def test_thin_entries_link_to_the_code_that_computes_them():
     # a registered function that only dispatches through a record object (as the loss records do) to an
     # unregistered helper: its entry says "Computed by" that helper, with a link to its source lines, and
     # the helper gets a section of its own on the computation page (found from the code, no listing)
-    from rankspec.refimpl.primitives import smoothed_step
+    from rankspec.refimpl.reference.primitives import smoothed_step
 
     loop = _real_shared_loop()
     _THIN_RECORD.reference = loop
     try:
         items = [Equation("tests.fake.thin_loss", "Thin", (("RS", "Eq. 1"),), "ap-rs", "loss", _thin_loss),
-                 Equation("rankspec.refimpl.primitives.smoothed_step", "H", (("BRL", "Eq. 3.2"),), "primitives",
+                 Equation("rankspec.refimpl.reference.primitives.smoothed_step", "H", (("BRL", "Eq. 3.2"),), "primitives",
                           "primitive", smoothed_step)]
         assert rankspec_docs.computed_by(_thin_loss, {smoothed_step})[:1] == [loop]
         pages = rankspec_docs.generate_pages(items=items, conventions=[])

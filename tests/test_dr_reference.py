@@ -1,4 +1,4 @@
-"""DR Loss reference (rankspec.refimpl.dr): Props. 1-2, Eqs. 5-9, Sec. 4.3 variants."""
+"""DR Loss reference (rankspec.refimpl.losses.dr, rankspec.refimpl.reference.dr): Props. 1-2, Eqs. 5-9, Sec. 4.3 variants."""
 
 import math
 
@@ -10,10 +10,10 @@ from scipy.special import expit
 
 from rankspec.refimpl import dr_loss as exported_dr_loss
 from rankspec.refimpl.conventions import all_conventions, by_keyword
-from rankspec.refimpl.dr import (DEFAULT_LAMBDA_NEG, DEFAULT_LAMBDA_POS, dr_expectation, dr_lambda, dr_loss,
-                                 hard_negative_prior, hinge_surrogate, kl_distribution, kl_objective,
-                                 logistic_surrogate, parse_dr_input, quadratic_surrogate, surrogate_loss,
-                                 worst_case_expectation)
+from rankspec.refimpl.losses.dr import dr_loss, hard_negative_prior, parse_dr_input
+from rankspec.refimpl.reference.dr import (DEFAULT_LAMBDA_NEG, DEFAULT_LAMBDA_POS, dr_expectation, dr_lambda,
+                                           hinge_surrogate, kl_distribution, kl_objective, logistic_surrogate,
+                                           quadratic_surrogate, surrogate_loss, worst_case_expectation)
 from rankspec.refimpl.registry import lookup
 
 SETTINGS = settings(max_examples=30, deadline=None)

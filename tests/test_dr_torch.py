@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from rankspec.adapters.torch.dr import DRLoss, dr_loss, dr_surrogate
-from rankspec.refimpl.dr import dr_loss as ref_dr_loss, hard_negative_prior, surrogate_loss
+from rankspec.refimpl import dr_loss as ref_dr_loss, hard_negative_prior
+from rankspec.refimpl.reference.dr import surrogate_loss
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

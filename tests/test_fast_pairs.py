@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rankspec.refimpl import rankdet as RD
-from rankspec.refimpl.ape import ape_loss, pairwise_error_loss
+from rankspec.refimpl.losses import rankdet as RD
+from rankspec.refimpl.reference import rankdet as RDM
+from rankspec.refimpl import ape_loss, pairwise_error_loss
 from rankspec.refimpl.fast import ape as fast_ape
 from rankspec.refimpl.fast import cuda_available
 from rankspec.refimpl.fast.rankdet import PairWeights, SingletonUnits
@@ -239,17 +240,17 @@ def rankdet_problems(draw, grid=True):
 
 @st.composite
 def rankdet_options(draw):
-    return {"rank_function": draw(st.sampled_from(RD.RANK_FUNCTIONS)),
-            "score_space": draw(st.sampled_from(RD.SCORE_SPACES)),
-            "reweighting": draw(st.sampled_from(RD.REWEIGHTINGS)),
-            "mining": draw(st.sampled_from(RD.MININGS)),
+    return {"rank_function": draw(st.sampled_from(RDM.RANK_FUNCTIONS)),
+            "score_space": draw(st.sampled_from(RDM.SCORE_SPACES)),
+            "reweighting": draw(st.sampled_from(RDM.REWEIGHTINGS)),
+            "mining": draw(st.sampled_from(RDM.MININGS)),
             "neg_ratio": draw(st.sampled_from([1, 3])),
-            "group_split": draw(st.sampled_from(RD.GROUP_SPLITS))}
+            "group_split": draw(st.sampled_from(RDM.GROUP_SPLITS))}
 
 
 @settings(max_examples=40, deadline=None)
 @given(prob=st.one_of(rankdet_problems(), rankdet_problems(grid=False)), opts=rankdet_options(),
-       objectness=st.sampled_from(RD.OBJECTNESS), flat=st.booleans())
+       objectness=st.sampled_from(RDM.OBJECTNESS), flat=st.booleans())
 def test_global_numba_matches_reference(prob, opts, objectness, flat):
     logits, labels, _, _ = prob
     if flat:
@@ -261,7 +262,7 @@ def test_global_numba_matches_reference(prob, opts, objectness, flat):
 
 @settings(max_examples=40, deadline=None)
 @given(prob=st.one_of(rankdet_problems(), rankdet_problems(grid=False)), opts=rankdet_options(),
-       reduction=st.sampled_from(RD.CLASS_REDUCTIONS))
+       reduction=st.sampled_from(RDM.CLASS_REDUCTIONS))
 def test_class_specific_numba_matches_reference(prob, opts, reduction):
     logits, labels, _, _ = prob
     assert_same_outcome(RD.class_specific_ranking_loss, (logits, labels),
@@ -270,9 +271,9 @@ def test_class_specific_numba_matches_reference(prob, opts, reduction):
 
 @settings(max_examples=40, deadline=None)
 @given(prob=st.one_of(rankdet_problems(), rankdet_problems(grid=False)),
-       rank_function=st.sampled_from(RD.RANK_FUNCTIONS), score_space=st.sampled_from(RD.SCORE_SPACES),
-       iou_grad=st.sampled_from(RD.IOU_GRADS), iou_pairs=st.sampled_from(RD.IOU_PAIRS),
-       norm=st.sampled_from(RD.IOU_NORMALIZATIONS), alpha=st.sampled_from([1.0, 0.5, 5.0]), with_levels=st.booleans())
+       rank_function=st.sampled_from(RDM.RANK_FUNCTIONS), score_space=st.sampled_from(RDM.SCORE_SPACES),
+       iou_grad=st.sampled_from(RDM.IOU_GRADS), iou_pairs=st.sampled_from(RDM.IOU_PAIRS),
+       norm=st.sampled_from(RDM.IOU_NORMALIZATIONS), alpha=st.sampled_from([1.0, 0.5, 5.0]), with_levels=st.booleans())
 def test_iou_guided_numba_matches_reference(prob, rank_function, score_space, iou_grad, iou_pairs, norm, alpha,
                                             with_levels):
     logits, labels, ious, levels = prob
@@ -290,7 +291,7 @@ def test_rankdet_loss_numba_matches_reference(prob, opts):
 
 @settings(max_examples=40, deadline=None)
 @given(neg=st.lists(st.floats(-30, 30), max_size=12), pos=st.lists(st.floats(-30, 30), max_size=12),
-       rank_function=st.sampled_from(RD.RANK_FUNCTIONS), reweighting=st.sampled_from(RD.REWEIGHTINGS))
+       rank_function=st.sampled_from(RDM.RANK_FUNCTIONS), reweighting=st.sampled_from(RDM.REWEIGHTINGS))
 def test_pair_loss_numba_matches_reference(neg, pos, rank_function, reweighting):
     """The pair-sum primitive (RankDet Eqs. 2-3), logit-space ranges where e^x is large."""
     ref = RD.reweighted_pair_loss(neg, pos, rank_function=rank_function, reweighting=reweighting)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rankspec.refimpl.geometry import (clip_convex_polygon, polygon_area, rotated_bev_intersection, rotated_bev_iou,
-                                       rotated_box_corners, rotated_iou_3d)
+from rankspec.refimpl.reference.geometry import (clip_convex_polygon, polygon_area, rotated_bev_intersection,
+                                                 rotated_bev_iou, rotated_box_corners, rotated_iou_3d)
 from rankspec.refimpl.registry import lookup
 
 shapely = pytest.importorskip("shapely")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from rankspec.adapters.heads import rotated_iou as T  # noqa: E402
-from rankspec.refimpl import geometry as R  # noqa: E402
+from rankspec.refimpl.reference import geometry as R  # noqa: E402
 
 coord = st.floats(-6, 6, allow_nan=False)
 size = st.one_of(st.just(0.0), st.floats(0.05, 6, allow_nan=False))

@@ -15,7 +15,7 @@ import pytest
 
 from rankspec.conformance import check
 from rankspec.refimpl import bucketed_ap_loss, rs_loss
-from rankspec.refimpl._core import ranking_sorting_loop
+from rankspec.refimpl.reference.ranking import ranking_sorting_loop
 
 pytest.importorskip("torch")
 import test_harness_support as S  # noqa: E402
@@ -24,7 +24,7 @@ RUN = dict(examples=25, vectors=True, dtypes=["float64"], seed=0, shrink_seconds
 
 
 def bucketed_ap_variant(off_by_one: bool):
-    """Bucketed AP written independently of refimpl.bucketed; ``off_by_one`` plants a bucket-boundary bug."""
+    """Bucketed AP written independently of refimpl.reference.ranking; ``off_by_one`` plants a bucket-boundary bug."""
 
     def bap(logits, labels, delta):
         shape = np.shape(logits)

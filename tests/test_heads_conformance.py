@@ -21,7 +21,7 @@ import rankspec.refimpl as R  # noqa: E402
 from rankspec.adapters.heads import (AnchorGenerator2D, AnchorGenerator3D, dense2d_loss,  # noqa: E402
                                      reference_classification_loss, ssd3d_loss)
 from rankspec.adapters.heads.losses import LOSS_KEYS, LOSS_NAMES  # noqa: E402
-from rankspec.refimpl.detector import score_based_weights, value_based_task_weight  # noqa: E402
+from rankspec.refimpl.reference.detector import score_based_weights, value_based_task_weight  # noqa: E402
 
 RANKSPEC_LOSSES = [n for n in LOSS_NAMES if n not in ("focal", "alrp")]  # aLRP (its own box part): test_heads_alrp.py
 SCENARIOS = ("no-gt", "mixed", "crowded")

@@ -1,4 +1,5 @@
-"""Tests of the RankDetNet reference (rankspec.refimpl.rankdet): hand cases, properties, errors."""
+"""Tests of the RankDetNet reference (rankspec.refimpl.losses.rankdet, .reference.rankdet): hand cases, properties,
+errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy.special import expit
 
-from rankspec.refimpl import rankdet as R
+from rankspec.refimpl.losses import rankdet as R
+from rankspec.refimpl.reference import rankdet as RM
 from rankspec.refimpl.conventions import all_conventions, by_keyword
 from rankspec.refimpl.registry import entries, lookup
 
@@ -26,7 +28,7 @@ def random_image(seed, n_max=14, c_max=3, ignore=True):
     n = int(rng.integers(2, n_max + 1))
     c = int(rng.integers(1, c_max + 1))
     logits = rng.normal(size=(n, c)) * 1.5
-    low = R.IGNORE if ignore else R.BACKGROUND
+    low = RM.IGNORE if ignore else RM.BACKGROUND
     labels = rng.integers(low, c, size=n)
     ious = rng.uniform(0.05, 0.95, size=n)
     levels = rng.integers(0, 2, size=n)
@@ -107,9 +109,9 @@ def iou_loss_loop(logits, labels, ious, levels, alpha, form, score_space, frozen
 
 
 OPTIONS = st.fixed_dictionaries({
-    "rank_function": st.sampled_from(R.RANK_FUNCTIONS),
-    "score_space": st.sampled_from(R.SCORE_SPACES),
-    "mining": st.sampled_from(R.MININGS),
+    "rank_function": st.sampled_from(RM.RANK_FUNCTIONS),
+    "score_space": st.sampled_from(RM.SCORE_SPACES),
+    "mining": st.sampled_from(RM.MININGS),
     "group_split": st.sampled_from(("range", "count")),
     "num_groups": st.integers(1, 6),
     "neg_ratio": st.integers(1, 4),
@@ -178,15 +180,15 @@ def test_global_hand_case_groups_range_split():
 def test_group_negatives_splits_by_hand():
     f = np.array([0.05, 0.2, 0.34, 0.99, 1.0])
     # unit: floor(3 f) = 0, 0, 1, 2, 3 -> 2
-    assert [g.tolist() for g in R.group_negatives(f, 3, "unit")] == [[0, 1], [2], [3, 4]]
+    assert [g.tolist() for g in RM.group_negatives(f, 3, "unit")] == [[0, 1], [2], [3, 4]]
     # range: lo 0.05, hi 1.0; floor(3 (f - 0.05) / 0.95) = 0, 0, 0, 2, 3 -> 2 (bin 1 empty and dropped)
-    assert [g.tolist() for g in R.group_negatives(f, 3, "range")] == [[0, 1, 2], [3, 4]]
+    assert [g.tolist() for g in RM.group_negatives(f, 3, "range")] == [[0, 1, 2], [3, 4]]
     # count: ascending order split 2 / 2 / 1 (numpy.array_split)
-    assert [g.tolist() for g in R.group_negatives(f[::-1], 3, "count")] == [[3, 4], [1, 2], [0]]
+    assert [g.tolist() for g in RM.group_negatives(f[::-1], 3, "count")] == [[3, 4], [1, 2], [0]]
     # all equal: one group
-    assert [g.tolist() for g in R.group_negatives([0.3, 0.3, 0.3], 15, "range")] == [[0, 1, 2]]
+    assert [g.tolist() for g in RM.group_negatives([0.3, 0.3, 0.3], 15, "range")] == [[0, 1, 2]]
     # a score on an inner edge joins the upper bin: range [0, 1], 2 bins, f = 0.5 -> bin 1
-    assert [g.tolist() for g in R.group_negatives([0.0, 0.5, 1.0], 2, "range")] == [[0], [1, 2]]
+    assert [g.tolist() for g in RM.group_negatives([0.0, 0.5, 1.0], 2, "range")] == [[0], [1, 2]]
 
 
 def test_class_specific_hand_case():
@@ -263,16 +265,16 @@ def test_rankdet_loss_combines_with_weights():
 
 def test_rank_functions_values_and_derivatives():
     x = np.array([-1.0, 0.0, 2.0])
-    v, d = R.rank_function_values(x, "exponential")
+    v, d = RM.rank_function_values(x, "exponential")
     np.testing.assert_allclose(v, np.exp(x)); np.testing.assert_allclose(d, np.exp(x))
-    v, d = R.rank_function_values(x, "sigmoid")
+    v, d = RM.rank_function_values(x, "sigmoid")
     s = 1 / (1 + np.exp(-x))
     np.testing.assert_allclose(v, s); np.testing.assert_allclose(d, s * (1 - s))
-    v, d = R.rank_function_values(x, "logistic")
+    v, d = RM.rank_function_values(x, "logistic")
     np.testing.assert_allclose(v, np.log(1 + np.exp(x))); np.testing.assert_allclose(d, s)
-    for form in R.RANK_FUNCTIONS:
-        v, d = R.rank_function_values(x, form)
-        np.testing.assert_allclose(d, central_diff(lambda y: R.rank_function_values(y, form)[0].sum(), x),
+    for form in RM.RANK_FUNCTIONS:
+        v, d = RM.rank_function_values(x, form)
+        np.testing.assert_allclose(d, central_diff(lambda y: RM.rank_function_values(y, form)[0].sum(), x),
                                    rtol=1e-7)
 
 
@@ -305,7 +307,7 @@ def test_iou_single_positive_and_all_pairs_convention():
 def test_ignored_samples_take_part_in_nothing():
     logits, labels, ious, levels = random_image(11, ignore=False)
     extra_logits = np.vstack([logits, np.full((2, logits.shape[1]), 9.0)])
-    extra_labels = np.concatenate([labels, [R.IGNORE, R.IGNORE]])
+    extra_labels = np.concatenate([labels, [RM.IGNORE, RM.IGNORE]])
     a = R.rankdet_loss(logits, labels, ious, levels)
     b = R.rankdet_loss(extra_logits, extra_labels, np.concatenate([ious, [0.3, 2.0]]),
                        np.concatenate([levels, [0, 0]]))
@@ -329,7 +331,7 @@ def test_one_hot_labels_equal_class_ids():
 # ---------------------------------------------------------------------------------------------------------------
 
 @SETTINGS
-@given(seed=st.integers(0, 10 ** 6), opts=OPTIONS, objectness=st.sampled_from(R.OBJECTNESS))
+@given(seed=st.integers(0, 10 ** 6), opts=OPTIONS, objectness=st.sampled_from(RM.OBJECTNESS))
 def test_global_gradient_is_derivative_with_z_and_mining_frozen(seed, opts, objectness):
     logits, labels, _, _ = random_image(seed)
     kw = dict(opts, objectness=objectness)
@@ -375,9 +377,9 @@ def test_dynamic_z_is_a_constant_in_backprop():
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10 ** 6), rank_function=st.sampled_from(R.RANK_FUNCTIONS),
-       score_space=st.sampled_from(R.SCORE_SPACES), alpha=st.floats(0.1, 3.0),
-       pairs=st.sampled_from(R.IOU_PAIRS))
+@given(seed=st.integers(0, 10 ** 6), rank_function=st.sampled_from(RM.RANK_FUNCTIONS),
+       score_space=st.sampled_from(RM.SCORE_SPACES), alpha=st.floats(0.1, 3.0),
+       pairs=st.sampled_from(RM.IOU_PAIRS))
 def test_iou_gradients_match_an_independent_loop(seed, rank_function, score_space, alpha, pairs):
     logits, labels, ious, levels = random_image(seed)
     kw = dict(alpha=alpha, rank_function=rank_function, score_space=score_space, iou_pairs=pairs)
@@ -471,13 +473,13 @@ def test_raising_positives_lowers_the_loss(seed, opts, t):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10 ** 6), opts=OPTIONS, reweighting=st.sampled_from(R.REWEIGHTINGS))
+@given(seed=st.integers(0, 10 ** 6), opts=OPTIONS, reweighting=st.sampled_from(RM.REWEIGHTINGS))
 def test_gradient_signs(seed, opts, reweighting):
     # L_rank increasing: positives are pushed up, negatives down (z >= 0, f increasing in the logit)
     logits, labels, _, _ = random_image(seed)
     kw = dict(opts, reweighting=reweighting)
     g = R.global_ranking_loss(logits, labels, **kw).grad
-    assert np.all(g[labels >= 0] <= 0) and np.all(g[labels == R.BACKGROUND] >= 0)
+    assert np.all(g[labels >= 0] <= 0) and np.all(g[labels == RM.BACKGROUND] >= 0)
     c = R.class_specific_ranking_loss(logits, labels, **kw).grad
     own = np.zeros(c.shape, dtype=bool)
     own[labels >= 0, labels[labels >= 0]] = True
@@ -485,7 +487,7 @@ def test_gradient_signs(seed, opts, reweighting):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10 ** 6), a=st.floats(0.05, 1.0), rank_function=st.sampled_from(R.RANK_FUNCTIONS))
+@given(seed=st.integers(0, 10 ** 6), a=st.floats(0.05, 1.0), rank_function=st.sampled_from(RM.RANK_FUNCTIONS))
 def test_iou_alpha_scales_the_iou_gap(seed, a, rank_function):
     # u = -alpha (f_i - f_j)(s_i - s_j) = -(f_i - f_j)(alpha s_i - alpha s_j)
     logits, labels, ious, levels = random_image(seed)
@@ -497,7 +499,7 @@ def test_iou_alpha_scales_the_iou_gap(seed, a, rank_function):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10 ** 6), rank_function=st.sampled_from(R.RANK_FUNCTIONS))
+@given(seed=st.integers(0, 10 ** 6), rank_function=st.sampled_from(RM.RANK_FUNCTIONS))
 def test_iou_pair_conventions_relate(seed, rank_function):
     logits, labels, ious, levels = random_image(seed)
     u = R.iou_guided_ranking_loss(logits, labels, ious, levels, rank_function=rank_function)
@@ -506,7 +508,7 @@ def test_iou_pair_conventions_relate(seed, rank_function):
     p = R.iou_guided_ranking_loss(logits, labels, ious, levels, rank_function=rank_function,
                                   iou_normalization="pairs")
     n_pos = int((labels >= 0).sum())
-    L0 = float(R.rank_function_values(0.0, rank_function)[0])
+    L0 = float(RM.rank_function_values(0.0, rank_function)[0])
     assert o.loss == pytest.approx(2 * u.loss, rel=1e-12)
     np.testing.assert_allclose(o.grad, 2 * u.grad, rtol=1e-12, atol=1e-15)
     # 'all' = both orders plus one self pair L_rank(0) per positive (constant: no gradient)
@@ -534,7 +536,7 @@ def test_iou_concordant_pairs_cost_less_than_discordant():
 def test_ohem_keeps_ratio_times_positives_hardest(seed, ratio):
     logits, labels, _, _ = random_image(seed, n_max=30)
     r = R.global_ranking_loss(logits, labels, mining="ohem", neg_ratio=ratio)
-    n_pos, neg = int((labels >= 0).sum()), np.flatnonzero(labels == R.BACKGROUND)
+    n_pos, neg = int((labels >= 0).sum()), np.flatnonzero(labels == RM.BACKGROUND)
     units = r.terms["negatives"]
     assert len(units) == (min(ratio * n_pos, len(neg)) if n_pos else 0)
     chosen = np.array([u[0] for u in units], dtype=int)
@@ -545,21 +547,21 @@ def test_ohem_keeps_ratio_times_positives_hardest(seed, ratio):
     c = R.class_specific_ranking_loss(logits, labels, mining="ohem", neg_ratio=ratio)
     for k in range(logits.shape[1]):
         n_pos_k = int((labels == k).sum())
-        n_neg_k = int(((labels != k) & (labels != R.IGNORE)).sum())
+        n_neg_k = int(((labels != k) & (labels != RM.IGNORE)).sum())
         expected = min(ratio * n_pos_k, n_neg_k) if n_pos_k and n_neg_k else 0
         assert len(c.terms["negatives"][k]) == expected
 
 
 def test_ohem_ties_prefer_lower_index():
-    assert R.ohem_negatives([1.0, 2.0, 1.0, 1.0], 1, 2).tolist() == [1, 0]
+    assert RM.ohem_negatives([1.0, 2.0, 1.0, 1.0], 1, 2).tolist() == [1, 0]
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10 ** 6), G=st.integers(1, 20), split=st.sampled_from(R.GROUP_SPLITS))
+@given(seed=st.integers(0, 10 ** 6), G=st.integers(1, 20), split=st.sampled_from(RM.GROUP_SPLITS))
 def test_groups_partition_negatives_into_score_intervals(seed, G, split):
     rng = np.random.default_rng(seed)
     f = expit(rng.normal(size=int(rng.integers(1, 40))))
-    groups = R.group_negatives(f, G, split)
+    groups = RM.group_negatives(f, G, split)
     assert 1 <= len(groups) <= G
     assert sorted(np.concatenate(groups).tolist()) == list(range(len(f)))  # a partition
     for lower, upper in zip(groups, groups[1:]):  # score-contiguous, ascending
@@ -669,7 +671,7 @@ def test_bad_input_of_single_losses():
     with pytest.raises(ValueError, match="z has shape"):
         R.reweighted_pair_loss([0.0, 1.0], [0.5], z=np.ones((1, 1)))
     with pytest.raises(ValueError, match="needs probabilities"):
-        R.group_negatives([2.0, 0.5], 3, "unit")
+        RM.group_negatives([2.0, 0.5], 3, "unit")
     with pytest.raises(FloatingPointError, match="overflowed"):
         R.global_ranking_loss(np.array([-400.0, 400.0]), [0, -1], score_space="logit", mining="all")
     # weights[2] = 0 allows ious=None

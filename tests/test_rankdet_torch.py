@@ -14,7 +14,8 @@ from rankspec.adapters.torch.rankdet import (ClassSpecificRankingLoss, GlobalRan
                                              IoUGuidedRankingLoss, RankDetLoss, class_specific_ranking_loss,
                                              global_ranking_loss, iou_guided_ranking_loss, rankdet_loss,
                                              reweighted_pair_loss)
-from rankspec.refimpl import rankdet as R  # noqa: E402
+from rankspec.refimpl.losses import rankdet as R  # noqa: E402
+from rankspec.refimpl.reference import rankdet as RM  # noqa: E402
 
 SETTINGS = settings(max_examples=30, deadline=None)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -24,7 +25,7 @@ def random_image(seed, n_max=14, c_max=3):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, n_max + 1))
     c = int(rng.integers(1, c_max + 1))
-    return (rng.normal(size=(n, c)) * 1.5, rng.integers(R.IGNORE, c, size=n), rng.uniform(0.05, 0.95, size=n),
+    return (rng.normal(size=(n, c)) * 1.5, rng.integers(RM.IGNORE, c, size=n), rng.uniform(0.05, 0.95, size=n),
             rng.integers(0, 2, size=n))
 
 
@@ -39,18 +40,18 @@ def grad_or_zero(t):
 
 
 OPTIONS = st.fixed_dictionaries({
-    "rank_function": st.sampled_from(R.RANK_FUNCTIONS),
-    "score_space": st.sampled_from(R.SCORE_SPACES),
-    "reweighting": st.sampled_from(R.REWEIGHTINGS),
-    "mining": st.sampled_from(R.MININGS),
+    "rank_function": st.sampled_from(RM.RANK_FUNCTIONS),
+    "score_space": st.sampled_from(RM.SCORE_SPACES),
+    "reweighting": st.sampled_from(RM.REWEIGHTINGS),
+    "mining": st.sampled_from(RM.MININGS),
     "group_split": st.sampled_from(("range", "count")),
     "neg_ratio": st.integers(1, 4),
-    "objectness": st.sampled_from(R.OBJECTNESS),
-    "class_reduction": st.sampled_from(R.CLASS_REDUCTIONS),
+    "objectness": st.sampled_from(RM.OBJECTNESS),
+    "class_reduction": st.sampled_from(RM.CLASS_REDUCTIONS),
     "alpha": st.floats(0.1, 3.0),
-    "iou_grad": st.sampled_from(R.IOU_GRADS),
-    "iou_pairs": st.sampled_from(R.IOU_PAIRS),
-    "iou_normalization": st.sampled_from(R.IOU_NORMALIZATIONS),
+    "iou_grad": st.sampled_from(RM.IOU_GRADS),
+    "iou_pairs": st.sampled_from(RM.IOU_PAIRS),
+    "iou_normalization": st.sampled_from(RM.IOU_NORMALIZATIONS),
     "global_groups": st.integers(1, 15),
     "class_groups": st.integers(1, 4),
 })
@@ -107,7 +108,7 @@ def test_single_losses_match_reference(seed, opts):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10 ** 6), mining=st.sampled_from(R.MININGS))
+@given(seed=st.integers(0, 10 ** 6), mining=st.sampled_from(RM.MININGS))
 def test_global_loss_on_objectness_logits(seed, mining):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 20))
@@ -146,9 +147,9 @@ def test_iou_stop_gradient_on_the_less_confident_sample():
 # gradcheck in float64
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mining", R.MININGS)
+@pytest.mark.parametrize("mining", RM.MININGS)
 @pytest.mark.parametrize("reweighting", ["mean", "none"])
-@pytest.mark.parametrize("rank_function", R.RANK_FUNCTIONS)
+@pytest.mark.parametrize("rank_function", RM.RANK_FUNCTIONS)
 def test_gradcheck_global_and_class(mining, reweighting, rank_function):
     logits, labels, _, _ = random_image(7, n_max=10)
     lab = torch.tensor(labels)
@@ -158,13 +159,13 @@ def test_gradcheck_global_and_class(mining, reweighting, rank_function):
     assert torch.autograd.gradcheck(lambda t: class_specific_ranking_loss(t, lab, **kw), (x,))
 
 
-@pytest.mark.parametrize("rank_function", R.RANK_FUNCTIONS)
+@pytest.mark.parametrize("rank_function", RM.RANK_FUNCTIONS)
 def test_gradcheck_pair_loss_with_frozen_z(rank_function):
     # dynamic z: autograd must equal the derivative of sum z L with z held at its current value
     rng = np.random.default_rng(3)
     neg = torch.tensor(rng.normal(size=5), requires_grad=True)
     pos = torch.tensor(rng.normal(size=3), requires_grad=True)
-    L = R.rank_function_values(neg.detach().numpy()[:, None] - pos.detach().numpy()[None, :], rank_function)[0]
+    L = RM.rank_function_values(neg.detach().numpy()[:, None] - pos.detach().numpy()[None, :], rank_function)[0]
     z = torch.tensor(L / L.sum())
     assert torch.autograd.gradcheck(lambda a, b: reweighted_pair_loss(a, b, rank_function=rank_function, z=z),
                                     (neg, pos))
@@ -177,11 +178,11 @@ def test_gradcheck_pair_loss_with_frozen_z(rank_function):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("pairs", R.IOU_PAIRS)
-@pytest.mark.parametrize("score_space", R.SCORE_SPACES)
+@pytest.mark.parametrize("pairs", RM.IOU_PAIRS)
+@pytest.mark.parametrize("score_space", RM.SCORE_SPACES)
 def test_gradcheck_iou_guided(pairs, score_space):
     logits, labels, ious, levels = random_image(9, n_max=10)
-    labels = np.where(labels == R.IGNORE, 0, labels)
+    labels = np.where(labels == RM.IGNORE, 0, labels)
     tl, tlab, ti, tlev = tensors(logits, labels, ious, levels)
     kw = dict(iou_pairs=pairs, score_space=score_space)
     # iou_grad="both" is the true gradient in both arguments
@@ -199,7 +200,7 @@ def test_modules_sum_over_a_batch_of_images():
     imgs = [random_image(s, n_max=8, c_max=2) for s in (1, 2, 3)]
     n = max(len(i[1]) for i in imgs)
     C = 2
-    L = np.zeros((3, n, C)); Y = np.full((3, n), R.IGNORE); S = np.zeros((3, n)); K = np.zeros((3, n), dtype=int)
+    L = np.zeros((3, n, C)); Y = np.full((3, n), RM.IGNORE); S = np.zeros((3, n)); K = np.zeros((3, n), dtype=int)
     for b, (lg, lb, io, lv) in enumerate(imgs):
         m, c = lg.shape
         L[b, :m, :c] = lg; Y[b, :m] = lb; S[b, :m] = io; K[b, :m] = lv
@@ -243,7 +244,7 @@ def test_no_positives_gives_zero_loss_and_zero_gradient():
 
 def test_one_hot_labels_in_torch():
     logits, labels, ious, levels = random_image(4)
-    labels = np.where(labels == R.IGNORE, R.BACKGROUND, labels)
+    labels = np.where(labels == RM.IGNORE, RM.BACKGROUND, labels)
     onehot = np.zeros(logits.shape)
     onehot[labels >= 0, labels[labels >= 0]] = 1
     a = rankdet_loss(torch.tensor(logits), torch.tensor(labels), torch.tensor(ious), torch.tensor(levels))

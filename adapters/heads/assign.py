@@ -3,7 +3,7 @@
 Every assigner returns an :class:`AssignResult` for one image: per anchor the
 index of its ground-truth box (``>= 0``), :data:`NEGATIVE` (``-1``,
 background) or :data:`IGNORED` (``-2``, takes part in no loss).  These are the
-label codes of :mod:`rankspec.refimpl.rankdet` (``BACKGROUND = -1``,
+label codes of :mod:`rankspec.refimpl.reference.rankdet` (``BACKGROUND = -1``,
 ``IGNORE = -2``) and of the heads' flattened labels.
 
 * :func:`max_iou_assign` - mmdet's ``MaxIoUAssigner`` (RetinaNet: positive

@@ -120,7 +120,7 @@ def source_url(func, depth: int = 1) -> str:
 
 
 def _source_location(func, depth: int = 1) -> str:
-    """A link ``refimpl/rs.py, lines 16-80`` to the viewcode page of a function or class."""
+    """A link ``refimpl/losses/ap_rs.py, lines 16-80`` to the viewcode page of a function or class."""
     span = _source_span(func)
     if span is None:
         return ""

@@ -23,10 +23,10 @@ validated input.  Select a backend with the ``backend=`` keyword of
     Runs under numba's simulator when ``NUMBA_ENABLE_CUDASIM=1``.
 
 The same keyword selects the fast paths of the other families' pair sums:
-:func:`~rankspec.refimpl.rankdet.reweighted_pair_loss` and the RankDetNet losses
+:func:`~rankspec.refimpl.losses.rankdet.reweighted_pair_loss` and the RankDetNet losses
 (:mod:`.rankdet`: the exponential L_rank factorises, O(U + P); sigmoid / logistic O(U P) without
-the U x P matrices) and :func:`~rankspec.refimpl.ape.pairwise_error_loss` /
-:func:`~rankspec.refimpl.ape.ape_loss` (:mod:`.ape`: O(n log n) prefix sums for the H distance,
+the U x P matrices) and :func:`~rankspec.refimpl.losses.ape.pairwise_error_loss` /
+:func:`~rankspec.refimpl.losses.ape.ape_loss` (:mod:`.ape`: O(n log n) prefix sums for the H distance,
 valid pairs only for S / CE).  The torch adapters of the AP / RS family call the numba kernels
 for CPU tensors (``rankspec.adapters.torch._engine``).
 

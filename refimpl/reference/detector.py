@@ -25,7 +25,6 @@ gradient at ``x == 0``.
 
 This module holds the math; the public GIoU Loss (validation, record, dispatch) is
 :func:`rankspec.refimpl.losses.giou.giou_loss`, computed by :func:`giou_reference` here.
-(Moved here from ``rankspec.refimpl.detector``, which stays importable.)
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ labels of Rank & Sort need the IoU of a predicted 3D box with its ground
 truth.  This module is the readable float64 reference of those overlaps; the
 vectorised PyTorch version used by the 3D head
 (:mod:`rankspec.adapters.heads.rotated_iou`) is tested against it, and it is
-tested against ``shapely``.  (Moved here from ``rankspec.refimpl.geometry``, which stays
-importable.)
+tested against ``shapely``.
 
 Box layout and conventions
 --------------------------

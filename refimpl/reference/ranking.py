@@ -3,7 +3,7 @@
 Each loss in this family is "just its errors and pmfs" (RS Sec. 3.2): for
 every positive i we compute the ranking error l_R(i) with its pmf p_R(j|i)
 over negatives, and (RS only) the sorting error l_S(i) - l*_S(i) with its pmf
-p_S(j|i) over positives; :class:`~rankspec.refimpl.primitives.IdentityUpdate`
+p_S(j|i) over positives; :class:`~rankspec.refimpl.reference.primitives.IdentityUpdate`
 turns these primary terms into the gradient.  The bucketed losses call the same
 loop with prototype negatives weighted by their bucket sizes (BRL Eq. 3.20).
 
@@ -22,7 +22,7 @@ import numpy as np
 from .._inputs import TIED_NEGATIVES_CHOICES, RankingInput, normalizer
 from .._result import LossResult
 from .._validate import check_bool, check_choice
-from ..primitives import IdentityUpdate, rank_counts
+from .primitives import IdentityUpdate, rank_counts
 from ..registry import implements
 
 __all__ = ["CoreOutput", "ranking_sorting_loop", "Buckets", "make_buckets", "ap_reference", "rs_reference",

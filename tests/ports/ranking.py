@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rankspec.refimpl._core import ranking_sorting_loop
+from rankspec.refimpl.reference.ranking import ranking_sorting_loop
 
 from ._ranking_core import ranking_loss
 
