@@ -1,6 +1,6 @@
 """Vectorised engine of the AP / RS / bucketed family (no Python loop over positives).
 
-The NumPy reference (:mod:`rankspec.refimpl._core`) visits positives one by
+The NumPy reference (:mod:`rankspec.refimpl.reference.ranking`) visits positives one by
 one.  Here every per-positive quantity is computed at once from sorted arrays:
 
 * The smoothed step H (BRL Eq. 3.2) is piecewise linear, so for a query logit
@@ -138,7 +138,7 @@ def _segmented_cummax(x: torch.Tensor, seg: torch.Tensor, num_segments: int) -> 
 def _smoothed_step(x: torch.Tensor, delta: float, tie_value: float) -> torch.Tensor:
     """H of BRL Eq. 3.2, elementwise (same formula as the reference's ``smoothed_step``)."""
     if delta > 0:
-        return torch.clamp(x / (2.0 * delta) + 0.5, 0.0, 1.0)
+        return torch.clamp(x / delta * 0.5 + 0.5, 0.0, 1.0)  # as the reference: 2 delta may overflow
     return torch.where(x > 0, 1.0, torch.where(x == 0, tie_value, 0.0)).to(x.dtype)
 
 
@@ -378,13 +378,14 @@ def _sorting_part_sorted(sp, yp, gp, num_segments, delta, self_value, tie_value,
 # --------------------------------------------------------------------------- near-linear hot path
 # Item "near-linear torch engine": negatives are never sorted.  The positives (P of them) are sorted,
 # and the 2P (delta > 0: 3P with the logits themselves) *boundaries* s_i - delta, s_i, s_i + delta
-# cut the line into slots; a negative's slot is its half-rank among the boundaries (two
-# ``searchsorted``: O(N log P)).  H is linear in the negative's logit inside a slot, so counts and
-# centred logit sums per slot (``index_add``, O(N)) give N_FP of every positive from prefix sums
-# over slots, and each negative's gradient is ``A_k + B_k (t - c)`` with per-slot coefficients
-# from prefix sums over the sorted positives.  The RS sorting part (sums over pairs of positives
-# restricted to lower / higher IoU) uses a merge-sort tree over the positives keyed by IoU rank:
-# O(P log^2 P) time, O(P log P) memory.  Total O(N log P + P log^2 P) time, O(N + P log P) memory.
+# cut the line into slots; a negative's slot is its half-rank among the boundaries, read from a
+# uniform-grid table (:class:`_GridRank`: O(1) per negative, ``searchsorted`` where boundaries crowd).
+# H is linear in the negative's logit inside a slot, so counts and centred logit sums per slot
+# (``index_add``, O(N)) give N_FP of every positive from prefix sums over slots, and each negative's
+# gradient is ``A_k + B_k (t - c)`` with per-slot coefficients from prefix sums over the sorted
+# positives.  The RS sorting part (sums over pairs of positives restricted to lower / higher IoU)
+# walks a wavelet matrix over the positives' IoU ranks in logit order (:class:`_WaveletMatrix`):
+# O(P log P) time and memory.  Total O(N + P log P) time, O(N + P log P) memory.
 
 def _halfrank(sorted_vals: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """``#(v < q) + #(v <= q)`` over a sorted array: 2m + 1 for q equal to its m-th distinct value,
@@ -395,7 +396,7 @@ def _halfrank(sorted_vals: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 #: :class:`_GridRank` cells per boundary value, and the most boundary values one cell may hold
 #: (beyond it the lookup falls back to ``searchsorted``).
-GRID_CELLS_PER_VALUE = 4
+GRID_CELLS_PER_VALUE = 8
 GRID_MAX_PER_CELL = 6
 _MAGIC = 2.0 ** 52  # x + 2^52 rounds x in [0, 2^52) to an integer held in the low mantissa bits
 _MAGIC_BITS = 0x4330000000000000  # the bits of 2.0 ** 52 as an int64
@@ -494,7 +495,8 @@ def _linear_ranking_part(sp, gp, sn, gn, wn, num_segments, delta, self_value, ti
                          centre):
     """:func:`_ranking_part` without sorting the negatives (see the block comment above).
 
-    Time O(N log P + P log P), memory O(N + P).  Sums of ``t - centre`` per slot: used only where
+    Time O(N + P log P) (grid slot lookup; O(N log P) where boundaries crowd), memory O(N + P).
+    Sums of ``t - centre`` per slot: used only where
     ``2 eps (span + 2 delta) / delta <= PIECE_RTOL`` (else the offset-tree path)."""
     G = num_segments
     device = sp.device
@@ -635,7 +637,7 @@ def _linear_sorting_part(sp, yp, gp, num_segments, delta, self_value, tie_value,
     """:func:`_sorting_part` without the P x P term: the sums over the positives of an image of lower
     (higher) IoU are queries of a :class:`_WaveletMatrix` over the (image, IoU) ranks of the
     positives in (image, logit) order, on position ranges of the logit windows; the sums over all
-    positives of the image come from :meth:`_Sorted.step_sums`.  RS Eqs. 7-10, 12.
+    positives of the image are compensated prefix sums over the same ranges.  RS Eqs. 7-10, 12.
     Time O(P log P), memory O(P log P)."""
     P = sp.numel()
     G = num_segments
@@ -664,34 +666,42 @@ def _linear_sorting_part(sp, yp, gp, num_segments, delta, self_value, tie_value,
     else:
         (kp,), kp_lo, kp_hi = _keys(G, (sp, gp)), None, None
     poss = _Sorted(kp, sp, torch.ones_like(sp), gp, G, delta)
-    full, _ = poss.step_sums(kp, sp, gp, delta, tie_value, kp_lo, kp_hi)
-    full_u, _ = poss.reweighted(u).step_sums(kp, sp, gp, delta, tie_value, kp_lo, kp_hi)
-    rank_plus = full - h0 + self_value
-    cur = full_u - h0 * u + self_value * u
     # positions (in logit order, within the image's band) of each positive's window
     ss, keys = torch.searchsorted, poss.keys
     start, end = poss.start[gp], poss.end[gp]
     eq_lo, eq_hi = ss(keys, kp, right=False), ss(keys, kp, right=True)
-    perm = poss.perm
-    wm = _WaveletMatrix(r[perm], max(1, P.bit_length()))
-    # the same over positives of lower IoU: p_S(j|i) up to normalisation   (RS Eq. 10)
-    cols = torch.stack([torch.ones_like(sp), q, u, u * q], 1)[perm]
-    if delta == 0:
-        out = wm.query(cols, grp_lo, torch.stack([eq_lo, eq_hi, end], 1), True)
-        tie, sat = out[:, 0], out[:, 1]
-        M, MU = sat[:, 0] + tie_value * tie[:, 0], sat[:, 2] + tie_value * tie[:, 2]
-    else:
+    if delta > 0:
         # window: s_i - delta <= p_j < s_i + delta (and p_j == s_i); saturated: p_j >= s_i + delta
         w_lo = torch.minimum(ss(keys, kp_lo, right=False), eq_lo)
         w_hi = torch.maximum(ss(keys, kp_hi, right=False), eq_hi)
-        out = wm.query(cols, grp_lo, torch.stack([w_lo, w_hi, end], 1), True)
-        win, sat = out[:, 0], out[:, 1]
+        bnd = torch.stack([w_lo, w_hi, end], 1)
+    else:  # ties, strictly above
+        bnd = torch.stack([eq_lo, eq_hi, end], 1)
+    perm = poss.perm
+    cols = torch.stack([torch.ones_like(sp), q, u, u * q], 1)[perm]
+
+    def step(win, sat):
+        """sum H(p_j - s_i) and sum H(p_j - s_i) (1 - y_j) from window and saturated range sums."""
+        if delta == 0:
+            return sat[:, 0] + tie_value * win[:, 0], sat[:, 2] + tie_value * win[:, 2]
         res = []
         for c_n, c_x in ((0, 1), (2, 3)):
             lin = (win[:, c_x] - q * win[:, c_n]) / (2.0 * delta)
             lin = torch.minimum(torch.maximum(lin, -0.5 * win[:, c_n]), 0.5 * win[:, c_n])
             res.append(sat[:, c_n] + 0.5 * win[:, c_n] + lin)
-        M, MU = res
+        return res
+
+    # sums over all positives of the image (self included, as H(0); corrected below)
+    pre = _Prefix(cols)
+    h, t = pre.head[bnd], pre.tail[bnd]
+    rng = (h[:, 1:] - h[:, :-1]) + (t[:, 1:] - t[:, :-1])
+    full, full_u = step(rng[:, 0], rng[:, 1])
+    rank_plus = full - h0 + self_value
+    cur = full_u - h0 * u + self_value * u
+    # the same over positives of lower IoU: p_S(j|i) up to normalisation   (RS Eq. 10)
+    wm = _WaveletMatrix(r[perm], max(1, P.bit_length()))
+    out = wm.query(cols, grp_lo, bnd, True)
+    M, MU = step(out[:, 0], out[:, 1])
     e = cur / rank_plus - (cur - MU) / (rank_plus - M)  # l_S(i) - l*_S(i)   (RS Eqs. 7-8)
     # is any lower-IoU positive's H > 0?  (exact: from the largest logit among them)
     best = _segmented_cummax(sp[order], g_o, G)
