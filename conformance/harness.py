@@ -495,9 +495,9 @@ def check(target=None, loss=None, *, delta: Optional[float] = None, examples: Op
         harness; an object target must then be picklable and importable by name (a module-level function or
         class, an instance of one).  ``isolate=False`` calls it in this process (a ``sys.exit`` of the target
         is still its failure; ``os._exit``, a crash or a hang are not caught).  ``None`` (default): isolated
-        when the target is a ``"module:attr"`` / ``"file.py:attr"`` string or the bundled adapters (code the
-        check imports itself), in this process for an object the caller already imported (starting a worker
-        costs a second or two per check).  The command line always isolates.
+        whenever the target can be sent to a worker (a ``"module:attr"`` / ``"file.py:attr"`` string, the bundled
+        adapters, a picklable module-level object), else in this process with a note in the report saying so
+        (starting a worker costs a second or two per check).  The command line always isolates.
 
     Numeric options are validated first: tolerances and time budgets finite and ``>= 0``, ``call_timeout``
     ``> 0``, counts ``>= 0`` / sizes ``>= 1``, ``seed`` in ``[0, 2**32)``; at least one case must run.
@@ -548,7 +548,13 @@ def check(target=None, loss=None, *, delta: Optional[float] = None, examples: Op
         raise UsageProblem("a loss is required when a target is given (e.g. loss='rs')")
     in_process_note = None
     if isolate is None:
-        isolate = target is None or isinstance(target, str)
+        # the code under test is hostile until proven otherwise: isolate whatever can be sent to a worker
+        isolate = target is None or isinstance(target, str) or (not isinstance(target, Target)
+                                                                 and picklable(target))
+        if not isolate:
+            in_process_note = ("ran in this process: the target cannot be sent to a worker (not picklable, or "
+                               "defined in __main__ / a file loaded by path), so an exit, crash, hang or patch of "
+                               "the harness by the target is not contained; pass a 'module:attr' string to isolate it")
     elif isolate and target is not None and not isinstance(target, str):
         if isinstance(target, Target) or not picklable(target):
             raise UsageProblem("isolate=True needs a target that can be pickled (a module-level function or class, "
