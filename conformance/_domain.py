@@ -8,6 +8,7 @@ leaves it), and the report lists the domain as a restriction of its verdict.
 Syntax: comma-separated conditions, all of which must hold::
 
     1d | 2d                        the logits' number of dimensions
+    class_ids                      labels are one class id per row (DR / RankDet), not per-entry labels
     delta OP NUMBER                e.g. delta>0, delta>=0.25, delta=0.5
     positives OP N                 entries whose label is > 0 (positives>=1: at least one positive)
     negatives OP N                 entries whose label is 0 (relevant negatives and background)
@@ -28,7 +29,8 @@ import numpy as np
 __all__ = ["Domain", "parse_domain", "DOMAIN_HELP"]
 
 DOMAIN_HELP = ("restrict the verdict to inputs the TARGET documents: comma-separated conditions, all of which "
-               "must hold: 1d | 2d; delta OP X; positives OP N (labels > 0); negatives OP N (labels == 0); "
+               "must hold: 1d | 2d; class_ids (labels one class id per row); delta OP X; positives OP N "
+               "(labels > 0); negatives OP N (labels == 0); "
                "size OP N; OP one of >= <= > < =. E.g. '1d,delta>0,positives>=1'. Generated cases outside "
                "the domain are skipped and counted; the report lists the domain as a restriction of the verdict")
 
@@ -48,6 +50,8 @@ class Domain:
         for what, op, value in self.conditions:
             if what == "ndim":
                 got = np.ndim(case.logits)
+            elif what == "class_ids":
+                got = float(np.ndim(case.targets) < np.ndim(case.logits))
             elif what == "delta":
                 if case.delta is None:
                     return False
@@ -79,9 +83,13 @@ def parse_domain(text) -> Domain:
         if low in ("1d", "2d"):
             conditions.append(("ndim", "=", float(low[0])))
             continue
+        if low == "class_ids":
+            conditions.append(("class_ids", "=", 1.0))
+            continue
         m = _ATOM.match(low)
         if not m:
-            raise ValueError(f"domain condition {item!r} is not understood (1d, 2d, delta>0, positives>=1, "
+            raise ValueError(f"domain condition {item!r} is not understood (1d, 2d, class_ids, delta>0, "
+                             "positives>=1, "
                              "negatives>=1, size<=4096, ...)")
         what, op, raw = m.groups()
         try:

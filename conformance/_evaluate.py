@@ -110,8 +110,10 @@ class Evaluator:
         try:
             return submit(case)
         except TargetFailure as exc:
+            error = exc  # ``exc`` itself is unbound when the except block ends
+
             def failed():
-                raise exc
+                raise error
             return failed
 
     def evaluate(self, case) -> Evaluation:
@@ -153,6 +155,8 @@ def conclude(evaluator: Evaluator, res: TargetResult, *, shrink: bool, shrink_se
     tol = kind.tolerance(minimal.case)
     code = render(kind.script(minimal.case, minimal.expected, minimal.outcome, tol, minimal.comparison.message))
     res.counterexample = kind.counterexample(minimal, first, steps, tol, code)
+    if getattr(evaluator.runner, "stopped", None):  # it stopped while shrinking: a diagnosis cannot call it
+        diagnose_it = False
     if diagnose_it and first.expected is not None:
         failing = [minimal.case] + [c for c in res.failing_cases if c is not minimal.case]
         res.diagnosis = diagnose(evaluator, failing, max_seconds=diagnose_seconds)

@@ -35,6 +35,7 @@ FEATURE_WORDS = {
     "delta_zero": "delta = 0",
     "all_equal": "all-equal logits",
     "two_d": "2-D (batched) inputs",
+    "per_entry_labels": "per-entry labels of the logits' shape (not class ids [n])",
     "several_images": "inputs with several images",
     "ties": "inputs with tied logits",
     "grad_output": "a grad_output other than 1",
@@ -94,6 +95,8 @@ def case_features(case, spec) -> Dict[str, bool]:
     f["delta_zero"] = case.delta is not None and case.delta == 0
     f["all_equal"] = s.size > 1 and float(np.ptp(s)) == 0.0
     f["two_d"] = spec.shrink_layout == "elements" and s.ndim >= 2 and s.shape[0] > 1
+    t = np.asarray(case.targets)
+    f["per_entry_labels"] = s.ndim >= 2 and t.shape == s.shape and t.dtype.kind in "iu"  # DR's entries layout
     ids = dict(zip([i.name for i in spec.extra_inputs], case.extras)).get("image_ids")
     f["several_images"] = ids is not None and np.unique(np.asarray(ids)).size > 1
     f["ties"] = s.size > 1 and np.unique(s).size < s.size

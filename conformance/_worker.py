@@ -24,7 +24,10 @@ the cost per call is pickling the case and the outcome (microseconds to a millis
 
 Protocol (parent -> worker, each message a pickled tuple on a pipe): ``("init", sys_path, cwd)``,
 ``("make", key, target, spec, options)`` -> ``("ok", detached Target)`` | ``("usage", error class, message)``
-| ``("fail", kind, message)``; ``("run", key, case)`` -> ``("ok", Outcome)`` | ``("fail", kind, message)``.
+| ``("fail", kind, message)``; ``("make-head", key, target, head, name)`` (a detector head's loss function,
+:mod:`~.heads`) -> the same answers with a detached ``HeadTarget``; ``("run", key, case)`` -> ``("ok", Outcome)``
+| ``("fail", kind, message)`` (for a head target ``case`` is ``(HeadCase, loss, scope, loss_options, device)``
+and the outcome a ``HeadOutcome``).
 """
 
 from __future__ import annotations
@@ -228,6 +231,15 @@ class Worker:
         self.made[key] = message
         return self._make(key, message, call_timeout)
 
+    def make_head(self, key, target, head: str, name, call_timeout: float):
+        """Resolve ``target`` as a head target of pipeline ``head`` in the worker (:mod:`~.heads`,
+        :func:`~.heads.make_head_target`); returns the detached :class:`~.heads.HeadTarget`.  Its ``run``
+        requests take ``(case, loss, scope, loss_options, device)`` and answer a :class:`~.heads.HeadOutcome`.
+        Raises as :meth:`make`."""
+        message = ("make-head", key, target, head, name)
+        self.made[key] = message
+        return self._make(key, message, call_timeout)
+
     def _make(self, key, message, call_timeout: float):
         from ._targets import TargetError, TargetSignatureError
 
@@ -380,6 +392,19 @@ def _main(req_fd: int, resp_fd: int) -> None:  # pragma: no cover - runs in the 
                 except (TargetError, TargetSignatureError) as exc:
                     reply = ("usage", type(exc).__name__, str(exc))
                 else:
+                    targets[key] = t
+                    reply = ("ok", t.detached())
+            elif op == "make-head":  # a detector head's loss function (rankspec.conformance.heads)
+                _, key, target, head, name = msg
+                from ._head_specs import get_pipeline
+                from ._head_targets import make_head_target
+
+                try:
+                    t = make_head_target(target, get_pipeline(head), name=name)  # imports the target here
+                except (TargetError, TargetSignatureError) as exc:
+                    reply = ("usage", type(exc).__name__, str(exc))
+                else:
+                    send.send(("imported",))  # a head target has no probe call
                     targets[key] = t
                     reply = ("ok", t.detached())
             elif op == "run":

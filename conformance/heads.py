@@ -57,6 +57,14 @@ losses use too (:mod:`~rankspec.conformance._evaluate`): the same evaluator,
 shrinking (:mod:`~._shrink`, over the pipeline's smaller variants), diagnosis
 (:mod:`~._diagnose`), reproducer rendering (:mod:`~._repro`) and report.
 
+Isolation (issue 10 §1): :func:`check_head` runs each target in a worker process
+(:mod:`~rankspec.conformance._worker`, request ``make-head``; the worker side is
+:mod:`~rankspec.conformance._head_targets`): the worker imports the target, calls
+it on each batch, differentiates it and sends back only the loss entries and the
+raw-output gradients as NumPy arrays.  The oracle, the comparison and the verdict
+stay here: a target that exits, crashes, hangs (``call_timeout``) or patches
+the harness fails the check, and the report is always produced.
+
 Importing this module does not import torch.
 """
 
@@ -66,23 +74,27 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from rankspec.refimpl import rankdet_loss
 
-from ._compare import Comparison, Tolerance, base_tolerance, case_tolerance
+from ._compare import Comparison, Tolerance, base_tolerance, case_tolerance, failed_call
 from ._constants import DTYPES
 from ._evaluate import Evaluator, conclude
 from ._head_specs import PIPELINES, SCENARIO_HELP, SCENARIOS, HeadCase, HeadPipeline, get_pipeline
 from ._progress import Progress
 from ._repro import Script
-from ._results import CheckReport, Counterexample, TargetResult
+from ._results import CheckReport, Counterexample, Evaluation, TargetResult
 from ._shrink import CandidateShrinker
-from ._targets import TargetFailure, TargetSignatureError, import_code_for, resolve
+from ._targets import TargetError, TargetSignatureError, object_name
 from ._usage import NonConformant, UsageProblem, check_device, check_names
 from ._usage import check_number, check_seed
+from ._head_targets import LOSS_KEYS as _KEYS
+from ._head_targets import HeadOutcome, HeadTarget, make_head_target
+from ._head_targets import run_head_target as _run_target
+from ._worker import DEFAULT_CALL_TIMEOUT, Worker, WorkerCrashed, WorkerRunner, picklable
 from .specs import SPECS
 
 __all__ = ["HEADS", "HEAD_LOSSES", "SCENARIOS", "SCENARIO_HELP", "HeadCase", "HeadReference", "HeadResult",
@@ -93,11 +105,6 @@ HEADS = tuple(PIPELINES)
 #: the rankspec losses the heads support (every loss of ``rankspec.adapters.heads.LOSS_NAMES`` but focal)
 HEAD_LOSSES = ("rs", "brs", "ap", "ap-interp", "bap", "ape", "dr", "rankdet", "rankdet-global", "rankdet-class",
                "rankdet-iou", "alrp")
-#: classification keys of the loss dict per loss (``rankspec.adapters.heads.LOSS_KEYS``, without importing torch)
-_KEYS = {"rs": ("loss_rank", "loss_sort"), "brs": ("loss_rank", "loss_sort"), "ap": ("loss_cls",),
-         "ap-interp": ("loss_cls",), "bap": ("loss_cls",), "ape": ("loss_cls",), "dr": ("loss_cls",),
-         "rankdet": ("loss_global", "loss_class", "loss_iou"), "rankdet-global": ("loss_global",),
-         "rankdet-class": ("loss_class",), "rankdet-iou": ("loss_iou",), "alrp": ("loss_cls",)}
 _DEFAULT_SCOPE = {name: ("image" if name == "dr" or name.startswith("rankdet") else "batch") for name in HEAD_LOSSES}
 
 
@@ -188,138 +195,6 @@ def head_reference(head, *args, loss: str = "rs", scope: Optional[str] = None,
     terms = {k: float(ref.terms[k]) for k in keys}
     return HeadReference(float(sum(terms.values())), terms, grads, ref, level, position,
                          int((flat.labels >= 0).sum()), int(flat.logits.numel()))
-
-
-# ------------------------------------------------------------------------------------------------
-# targets
-# ------------------------------------------------------------------------------------------------
-
-@dataclass
-class HeadOutcome:
-    loss: float
-    parts: Dict[str, float]
-    grads: Dict[str, List[np.ndarray]]  #: raw output name -> per level d objective / d output (times grad_output)
-    grad_output: float
-    keys: Tuple[str, ...] = ()
-
-
-@dataclass
-class HeadTarget:
-    obj: object
-    name: str
-    kind: str  #: "function", "module-class" or "module-instance"
-    import_code: str
-    expr: str
-    importable: bool = True
-
-    @property
-    def convention(self) -> str:
-        return "function" if self.kind == "function" else "module"
-
-    def losses(self, p: HeadPipeline, args, loss, scope, loss_options, kwargs):
-        if self.kind == "function":
-            return self.obj(*args, loss=loss, scope=scope, loss_options=dict(loss_options), **kwargs)
-        if self.kind == "module-class":
-            return self.obj(loss=loss, scope=scope, loss_options=dict(loss_options), **kwargs)(*p.module_args(args))
-        return self.obj(*p.module_args(args))
-
-    def call_code(self, p: HeadPipeline) -> str:
-        args = ", ".join(p.arg_names)
-        if self.kind == "function":
-            return f"losses = {self.expr}({args}, **kwargs)"
-        margs = ", ".join("{" + ", ".join(f"{k!r}: {v}" for k, v in a.items()) + "}" if isinstance(a, dict) else a
-                          for a in p.module_args(tuple(p.arg_names)))
-        if self.kind == "module-class":
-            return f"losses = {self.expr}(**kwargs)({margs})"
-        return f"losses = {self.expr}({margs})  # the instance fixes its own options"
-
-
-def _torch_module_types():
-    import torch
-
-    return torch.nn.Module
-
-
-def make_head_target(target, p: HeadPipeline, *, name: Optional[str] = None) -> HeadTarget:
-    """Resolve ``target`` (callable, ``nn.Module`` class or instance, or ``module:attr`` string)."""
-    import inspect
-
-    if isinstance(target, str):
-        obj, code, expr = resolve(target)
-        label = name or target
-        importable = True
-    else:
-        obj = target
-        code, expr, importable = import_code_for(obj)
-        label = name or getattr(obj, "__qualname__", None) or type(obj).__name__
-    Module = _torch_module_types()
-    if inspect.isclass(obj) and issubclass(obj, Module):
-        kind = "module-class"
-    elif isinstance(obj, Module):
-        kind = "module-instance"
-    elif callable(obj) and not inspect.isclass(obj):
-        kind = "function"
-        try:
-            params = inspect.signature(obj).parameters
-        except (TypeError, ValueError):
-            params = None
-        if params is not None:
-            var_kw = any(q.kind is inspect.Parameter.VAR_KEYWORD for q in params.values())
-            missing = [k for k in ("loss", "scope", "loss_options") if k not in params]
-            positional = [q for q in params.values() if q.kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-            var_pos = any(q.kind is inspect.Parameter.VAR_POSITIONAL for q in params.values())
-            if (missing and not var_kw) or (len(positional) < len(p.arg_names) and not var_pos):
-                raise TargetSignatureError(
-                    f"{label} does not fit a {p.name} head target: it must take the signature of "
-                    f"{p.function_ref.split(':')[1]}({', '.join(p.arg_names)}, *, loss, scope, loss_options, "
-                    f"**head_options) and return the loss dict")
-    else:
-        raise TargetSignatureError(f"{label} is neither callable nor an nn.Module class or instance")
-    return HeadTarget(obj, label, kind, code, expr, importable)
-
-
-def _grads(out, leaves, g: float):
-    import torch
-
-    if not isinstance(out, torch.Tensor) or not out.requires_grad:
-        return [np.zeros(tuple(t.shape)) for t in leaves]
-    got = torch.autograd.grad(out, leaves, grad_outputs=torch.full_like(out, g), retain_graph=True,
-                              allow_unused=True)
-    return [np.zeros(tuple(t.shape)) if x is None else x.detach().cpu().numpy().astype(np.float64)
-            for x, t in zip(got, leaves)]
-
-
-def _run_target(target: HeadTarget, p: HeadPipeline, case: HeadCase, loss: str, scope, loss_options,
-                device: str) -> HeadOutcome:
-    import torch
-
-    args, leaves = p.tensors(case, device)
-    kwargs = {**case.head_options, **p.head_kwargs(case)}
-    try:
-        losses = target.losses(p, args, loss, scope, loss_options, kwargs)
-    except Exception as exc:
-        raise TargetFailure(f"error:{type(exc).__name__}", f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(losses, Mapping):
-        raise TargetFailure("bad-output", f"the target returned {type(losses).__name__}, not a loss dict")
-    keys = _KEYS[loss]
-    missing = [k for k in keys if k not in losses]
-    if missing:
-        raise TargetFailure("bad-output", f"the loss dict has no {', '.join(map(repr, missing))} (keys: "
-                                          f"{', '.join(map(repr, losses))})")
-    for k, v in losses.items():
-        if not isinstance(v, torch.Tensor) or v.numel() != 1:
-            raise TargetFailure("bad-output", f"loss dict entry {k!r} is not a one-element tensor")
-    parts = {k: float(losses[k].detach().reshape(())) for k in keys}
-    total = sum(v.reshape(()) for v in losses.values())
-    cls_total = sum(losses[k].reshape(()) for k in keys)
-    g = float(case.grad_output)
-    try:
-        grads = {p.score_output: _grads(total, leaves[p.score_output], g),
-                 p.box_output: _grads(cls_total, leaves[p.box_output], g)}
-    except Exception as exc:
-        raise TargetFailure(f"error:{type(exc).__name__}", f"backward raised {type(exc).__name__}: {exc}") from exc
-    return HeadOutcome(float(sum(parts.values())), parts, grads, g, keys)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -468,7 +343,9 @@ class HeadKind:
         self.p, self.target, self.loss, self.scope = p, target, loss, scope
         self.loss_options = dict(loss_options or {})
         self.device, self.base_tol, self.cache = device, base_tol, cache
-        self.spec = SPECS.get(loss)
+        # not ``spec``: the engine's case-feature hypotheses (:mod:`~._diagnose`) read a kind's ``spec`` as that
+        # of flat inputs (logits / targets), which head batches are not
+        self.loss_spec = SPECS.get(loss)
 
     # -- reference, target, comparison ---------------------------------------------------------------
     def reference(self, case: HeadCase, options=None) -> HeadReference:
@@ -517,7 +394,7 @@ class HeadKind:
         for other in ("batch", "image"):
             if other != scope:
                 yield {"scope": other}, {"scope": other}
-        spec = self.spec
+        spec = self.loss_spec
         if spec is None:
             return
         base = spec.expected_options()
@@ -534,7 +411,7 @@ class HeadKind:
         if "scope" in changed:
             scope = self.scope or _DEFAULT_SCOPE[self.loss]
             return f"the reference with scope={changed['scope']!r} (rankspec's scope for {self.loss} is {scope!r})"
-        spec = self.spec
+        spec = self.loss_spec
         return (f"the reference with loss_options {changed!r}"
                 + (f", i.e. {spec.call_string({**spec.expected_options(), **changed})} on the flat scores"
                    if spec is not None else ""))
@@ -678,9 +555,63 @@ def _head_findings(p: HeadPipeline, kind: "HeadKind", triples) -> List[str]:
 
 
 
-def _bundled(p: HeadPipeline) -> List[HeadTarget]:
-    return [make_head_target(p.function_ref, p, name=p.function_ref),
-            make_head_target(p.module_ref, p, name=p.module_ref)]
+class _HeadRunner:
+    """The :class:`~._evaluate.Evaluator` runner of one head target on one loss and settings, in a worker process.
+
+    It wraps the target's :class:`~._worker.WorkerRunner` (shared by every loss and dtype of the target, so a
+    target that hung once is not called again anywhere in the check) and sends each case with the loss, scope,
+    loss options and device the in-process path passes (:meth:`HeadTarget.run`).
+    """
+
+    def __init__(self, inner: WorkerRunner, loss: str, scope, loss_options, device: str):
+        self.inner, self.loss, self.scope, self.device = inner, loss, scope, device
+        self.loss_options = dict(loss_options or {})
+
+    @property
+    def stopped(self) -> Optional[str]:
+        return self.inner.stopped
+
+    def __call__(self, case):
+        return self.submit(case)()
+
+    def submit(self, case):
+        return self.inner.submit((case, self.loss, self.scope, self.loss_options, self.device))
+
+
+def _make_targets(p: HeadPipeline, target, name, worker: Optional[Worker], call_timeout: float):
+    """``[(HeadTarget or None, runner or None, failure or None)]``: the head targets of ``p`` (the bundled
+    adapters when ``target`` is None), made in ``worker`` when there is one (its import runs there).  A target
+    whose import kills, exits or hangs the worker gets ``(None, None, (label, WorkerCrashed))``."""
+    refs = [(p.function_ref, p.function_ref), (p.module_ref, p.module_ref)] if target is None else [(target, name)]
+    out = []
+    for k, (ref, label) in enumerate(refs):
+        if worker is None:
+            out.append((make_head_target(ref, p, name=label), None, None))
+            continue
+        key = ("head", p.name, k)
+        try:
+            t = worker.make_head(key, ref, p.name, label, call_timeout)
+        except WorkerCrashed as exc:
+            out.append((None, None, (label or (ref if isinstance(ref, str) else object_name(ref)), exc)))
+            continue
+        except TargetError as exc:
+            if target is None:
+                raise TargetError(f"the bundled adapter {label} is not available: {exc}") from exc
+            raise
+        out.append((t, WorkerRunner(worker, key, call_timeout), None))
+    return out
+
+
+def _failed_start(p: HeadPipeline, loss: str, label: str, exc: WorkerCrashed, dtype: str, device: str, base,
+                  case: Optional[HeadCase]) -> "HeadResult":
+    """The row of a head target whose import killed, exited or hung its worker: a failure, never a pass."""
+    res = HeadResult(f"{p.name}/{loss}", label, dtype, "unknown", device, base, head=p.name)
+    if case is not None:
+        res.add(Evaluation(case.astype(dtype), None, None, failed_call(exc.kind, exc.message)), "probe")
+    else:  # pragma: no cover - every check draws at least one case
+        res.failed = 1
+    res.notes.append(f"the target failed before its first case could be checked: {exc.message}")
+    return res
 
 
 def _loss_hint(v) -> str:
@@ -694,7 +625,8 @@ def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = 
                loss_options: Optional[Mapping] = None, head_options: Optional[Mapping] = None,
                atol: Optional[float] = None, rtol: Optional[float] = None, shrink: bool = True,
                shrink_seconds: float = 10.0, diagnose: bool = True, diagnose_seconds: float = 10.0,
-               progress=False, name: Optional[str] = None):
+               progress=False, name: Optional[str] = None, call_timeout: float = DEFAULT_CALL_TIMEOUT,
+               isolate: Optional[bool] = None):
     """Check a head pipeline (raw outputs -> loss and gradient) against the oracle (module docstring).
 
     Parameters
@@ -728,6 +660,16 @@ def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = 
         fixed).
     atol, rtol, shrink, shrink_seconds, diagnose, diagnose_seconds, progress:
         As for :func:`rankspec.conformance.check`.
+    call_timeout, isolate:
+        Where the target runs, as for :func:`rankspec.conformance.check` (:mod:`~rankspec.conformance._worker`):
+        isolated, the target is imported, called and differentiated in a worker process, which sends back the
+        loss entries and the raw-output gradients as NumPy arrays; the oracle, the comparison and the verdict
+        stay in this process.  A target that exits (``sys.exit``, ``os._exit``), crashes, or patches the
+        harness fails the check (its rows fail, the report is complete); a call that runs over
+        ``call_timeout`` seconds fails its case and the target is not called again (one time-out per target,
+        not per case).  ``isolate=None`` (default) isolates the bundled adapters, ``module:attr`` /
+        ``file.py:attr`` strings and targets that can be pickled; others run in this process with a note.
+        The command line always isolates.
 
     torch runs with one intra-op thread during the check (the batches are
     small; the caller's thread count is restored afterwards).
@@ -736,8 +678,6 @@ def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = 
     head/loss, target and dtype); raises ``UsageProblem`` / ``TargetError`` /
     ``TargetSignatureError`` for bad arguments.
     """
-    from rankspec.refimpl import __version__
-
     t0 = time.monotonic()
     heads = check_names(head, HEADS, "head")
     losses = check_names(loss, HEAD_LOSSES, "loss", _loss_hint)
@@ -757,31 +697,68 @@ def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = 
             raise UsageProblem(f"{what} must be a dict, got {type(v).__name__}")
     _check_loss_options(losses, loss_options or {})
     check_device(device)
+    call_timeout = check_number(call_timeout, "call_timeout", positive=True, allow_none=False)
+    if isolate not in (None, True, False):
+        raise UsageProblem(f"isolate must be True, False or None (automatic), got {isolate!r}")
+    in_process_note = None
+    sendable = target is None or isinstance(target, str) or picklable(target)
+    if isolate is None:
+        isolate = sendable
+        if not isolate:
+            in_process_note = ("ran in this process: the target cannot be sent to a worker (not picklable, or "
+                               "defined in __main__ / a file loaded by path), so an exit, crash, hang or patch of "
+                               "the harness by the target is not contained; pass a 'module:attr' string to "
+                               "isolate it")
+    elif isolate and not sendable:
+        raise UsageProblem("isolate=True needs a target that can be pickled (a module-level function or class, "
+                           "an instance of one, or a 'module:attr' string); pass isolate=False to run it "
+                           "in this process")
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is installed in the project env
         raise UsageProblem("check_head needs torch (pip install rankspec[torch])") from None
     if target is not None and len(heads) != 1:
         raise UsageProblem("a target is checked against one head: pass head='dense2d' or head='ssd3d'")
-    plan = []
+    worker = Worker() if isolate else None
+    try:
+        return _check_heads(heads, losses, loss, scen, dts, target, name, worker, in_process_note, examples=examples,
+                            seed=seed, device=device, scope=scope, loss_options=loss_options,
+                            head_options=head_options, atol=atol, rtol=rtol, shrink=shrink,
+                            shrink_seconds=shrink_seconds, diagnose=diagnose, diagnose_seconds=diagnose_seconds,
+                            progress=progress, call_timeout=call_timeout, t0=t0)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _check_heads(heads, losses, loss, scen, dts, target, name, worker, in_process_note, *, examples, seed, device,
+                 scope, loss_options, head_options, atol, rtol, shrink, shrink_seconds, diagnose, diagnose_seconds,
+                 progress, call_timeout, t0):
+    import torch
+
+    from rankspec.refimpl import __version__
+
+    plan = []  #: (pipeline, [(HeadTarget or None, runner or None, failure or None)])
     for hd in heads:
         p = get_pipeline(hd)
-        tgts = _bundled(p) if target is None else [make_head_target(target, p, name=name)]
-        for t in tgts:
-            fixed = getattr(t.obj, "loss", None) if t.kind == "module-instance" else None
+        made = _make_targets(p, target, name, worker, call_timeout)
+        for t, _, _ in made:
+            fixed = t.fixed_loss if t is not None and t.kind == "module-instance" else None
             if fixed is not None:
                 if loss is None and fixed in HEAD_LOSSES:
                     losses = [fixed]
                 elif losses != [fixed]:
                     raise UsageProblem(f"{t.name} is an instance fixed to loss {fixed!r}; check it with loss={fixed!r}")
-        plan.append((p, tgts))
-    settings = {}  #: (head, target name) -> (cases, scope, loss_options, notes)
-    for p, tgts in plan:
-        for t in tgts:
+        plan.append((p, made))
+    settings = {}  #: (head, target index) -> (cases, scope, loss_options, notes)
+    for p, made in plan:
+        for k, (t, _, _) in enumerate(made):
             t_scope, t_opts, fixed, notes = scope, dict(loss_options or {}), dict(head_options or {}), []
-            if t.kind == "module-instance":
+            if in_process_note:
+                notes.append(in_process_note)
+            if t is not None and t.kind == "module-instance":
                 # an instance fixes its own options: the oracle and the cases follow them (adapter defaults else)
-                inst = dict(getattr(t.obj, "options", None) or {})
+                inst = dict(t.fixed_options or {})
                 t_scope = inst.pop("scope", scope)
                 t_opts = dict(inst.pop("loss_options", None) or t_opts)
                 own = {k: v for k, v in inst.items() if k in p.head_option_keys}
@@ -789,8 +766,8 @@ def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = 
                 notes.append(f"an instance fixes its options: checked with scope={t_scope!r}, loss_options={t_opts!r}, "
                              + ", ".join(f"{k}={v!r}" for k, v in fixed.items() if k != "classes"))
             cases = [p.make_case(s, seed, i, "float64", fixed) for s in scen for i in range(examples)]
-            settings[(p.name, t.name)] = (cases, t_scope, t_opts, notes)
-    total = sum(len(settings[(p.name, t.name)][0]) * len(losses) * len(dts) for p, tgts in plan for t in tgts)
+            settings[(p.name, k)] = (cases, t_scope, t_opts, notes)
+    total = sum(len(settings[(p.name, k)][0]) * len(losses) * len(dts) for p, made in plan for k in range(len(made)))
     bar = progress if isinstance(progress, Progress) else Progress(
         total, enabled=None if progress is None else bool(progress))
     base = {dt: base_tolerance(dt, {"atol": atol, "rtol": rtol}) for dt in dts}
@@ -800,14 +777,20 @@ def check_head(head=None, loss=None, *, target=None, scenarios: Sequence[str] = 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for p, tgts in plan:
+        for p, made in plan:
             for ls in losses:
                 cache: dict = {}
-                for t in tgts:
-                    cases, t_scope, t_opts, notes = settings[(p.name, t.name)]
+                for k, (t, inner, failed) in enumerate(made):
+                    cases, t_scope, t_opts, notes = settings[(p.name, k)]
                     for dt in dts:
-                        res = _check_one(p, t, ls, dt, cases, t_scope, t_opts, device, base[dt], cache, bar, shrink,
-                                         shrink_seconds, diagnose, diagnose_seconds)
+                        if failed is not None:
+                            res = _failed_start(p, ls, failed[0], failed[1], dt, device, base[dt],
+                                                cases[0] if cases else None)
+                            bar.advance(len(cases))
+                        else:
+                            runner = None if inner is None else _HeadRunner(inner, ls, t_scope, t_opts, device)
+                            res = _check_one(p, t, ls, dt, cases, t_scope, t_opts, device, base[dt], cache, bar,
+                                             shrink, shrink_seconds, diagnose, diagnose_seconds, runner=runner)
                         res.notes[:0] = notes
                         results.append(res)
     finally:
@@ -856,7 +839,12 @@ def _check_one(p, t, loss, dtype, cases, scope, loss_options, device, base, cach
     res = HeadResult(f"{p.name}/{loss}", t.name, dtype, t.convention, device, base, head=p.name)
     evaluator = Evaluator(HeadKind(p, t, loss, scope, loss_options, device, base, cache), runner)
     label = f"{p.name}/{loss} {dtype} {t.name}"
+    not_run = 0
     for case in cases:
+        if runner is not None and runner.stopped:  # the target is not called again (it hung, or kept crashing)
+            not_run += 1
+            bar.advance(1, label)
+            continue
         c = case.astype(dtype)
         e = evaluator.evaluate(c)
         res.add(e, "generated")
@@ -865,6 +853,11 @@ def _check_one(p, t, loss, dtype, cases, scope, loss_options, device, base, cach
         st["positives"] += e.expected.num_positives if e.expected is not None else 0
         st["images_without_gt"] += sum(n == 0 for n in c.num_gt)
         bar.advance(1, label)
+    if not_run:
+        res.notes.append(f"stopped after {res.cases} case(s), {not_run} case(s) not run: {runner.stopped}")
+        if not res.cases:  # the target stopped in an earlier row: this row is a failure too, never a pass
+            res.add(Evaluation(cases[0].astype(dtype), None, None,
+                               failed_call("not-run", f"not run: {runner.stopped}")), "generated")
     if res.failed:
         conclude(evaluator, res, shrink=shrink, shrink_seconds=shrink_seconds, diagnose_it=do_diagnose,
                  diagnose_seconds=diagnose_seconds)

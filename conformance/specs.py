@@ -120,6 +120,11 @@ class Input:
     name: str  #: parameter name of the reference (and of the targets)
     keyword: bool = False  #: passed as ``name=value`` (else positionally, in spec order)
     grad: Optional[str] = None  #: key of ``LossResult.terms`` holding d loss / d this input (differentiable)
+    #: the reference reads this per-sample input at the positives only (labels == 1), so a target may take it
+    #: restricted to them, ``v.reshape(-1)[labels.reshape(-1) == 1]`` (length P, flat order; the APE authors'
+    #: ``ious_pos``): done for a target whose parameter for it is named like ``ious_pos`` (``*_pos``,
+    #: ``pos_*``, ``*_positive(s)``) or when the call mapping passes ``ious[pos]``
+    per_positive: bool = False
 
 
 @dataclass(frozen=True)
@@ -607,7 +612,8 @@ register_spec(LossSpec(
 ))
 register_spec(LossSpec(
     name="ape", record="ape_loss", title_override="APE loss over ARPS pairs (CE distance, IoU-weighted)",
-    recorded=False, extra_inputs=(Input("ious"),), max_size=20_000, max_work=1_000_000, default_examples=60,
+    recorded=False, extra_inputs=(Input("ious", per_positive=True),), max_size=20_000, max_work=1_000_000,
+    default_examples=60,
     option_choices={"pair_threshold": (None, math.inf)},
     bundled_targets=(BundledTarget(f"{_T}:ape_loss"), BundledTarget(f"{_T}:APELoss")),
 ))

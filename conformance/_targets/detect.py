@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from typing import Mapping, Optional
 
 import numpy as np
@@ -162,7 +163,7 @@ def make_target(target, spec, *, convention: str = "auto", kwargs: Optional[Mapp
         return (call_map is not None or params is None or _accepts(params, count)
                 or (has_delta and _accepts(params, count + 1)))
 
-    def finish(t, params=None):
+    def finish(t, params=None, call_params=None):
         t.extra_inputs = extra_inputs
         t.delta_index = getattr(spec, "delta_index", None) or 2
         t.array_outputs = tuple(getattr(spec, "array_outputs", ()))
@@ -173,6 +174,11 @@ def make_target(target, spec, *, convention: str = "auto", kwargs: Optional[Mapp
         for n in t.dropped_inputs:
             t.notes.append(f"{label} takes no {n} argument: called without it, and checked against the reading "
                            f"that fits: {OPTIONAL_INPUTS[n]}")
+        t.positive_inputs = _positive_inputs(params if call_params is None else call_params, extra_inputs)
+        for n, p in t.positive_inputs.items():
+            t.notes.append(f"{label} takes {n} as {p}: passed restricted to the positives, "
+                           f"{n}[labels == 1] (flat order)")
+        t.positive_inputs = tuple(t.positive_inputs)
         return t
 
     if kind == "function":
@@ -194,7 +200,8 @@ def make_target(target, spec, *, convention: str = "auto", kwargs: Optional[Mapp
                 f"{signature}")
         mode = "positional" if has_delta and (params is None or _accepts(params, n_all + 1)) else "none"
         fixed = None if mode == "positional" else spec.default_delta
-        t = finish(Target(obj, convention="function", delta_mode=mode, fixed_delta=fixed, **common))
+        t = finish(Target(obj, convention="function", delta_mode=mode, fixed_delta=fixed, **common),
+                   call_params=params)
         if fixed is not None:
             t.notes.append(f"{label}.forward takes no delta; checked at delta={fixed}")
         return t
@@ -258,7 +265,8 @@ def make_target(target, spec, *, convention: str = "auto", kwargs: Optional[Mapp
     attempts = []
     t = finish(Target(obj, convention="pair", delta_mode=mode, fixed_delta=fixed, **common), params)
     try:
-        out = t._call(probe.logits.copy(), probe.targets.copy(), probe.delta, [np.array(v) for v in probe.extras])
+        out = t._call(probe.logits.copy(), probe.targets.copy(), probe.delta,
+                      [np.array(v) for v in t.given(probe).extras])
         if _looks_like_pair(out, probe.shape):
             t.pair_style = "result" if hasattr(out, "loss") and hasattr(out, "grad") else "tuple"
             return _with_delta_note(t, label)
@@ -312,7 +320,15 @@ def _call_signature(t: Target):
 def _apply_call_map(t: Target, call_map, spec, label: str, extra_inputs) -> None:
     """Set ``t`` up to be called through ``call_map``: validate it against the target's signature (before any
     case runs), fix the delta when the mapping gives it a value, and drop the optional inputs it leaves out."""
-    used = {v for _, k, v in call_map if k == "input"}
+    used = {v for _, k, v in call_map if k != "value"}
+    positives = tuple(v for _, k, v in call_map if k == "positives")
+    per_positive = {i.name for i in extra_inputs if getattr(i, "per_positive", False)}
+    bad = [n for n in positives if n not in per_positive]
+    if bad:
+        raise TargetSignatureError(
+            f"the call mapping passes {', '.join(f'{n}[pos]' for n in bad)}: the {spec.name} reference reads "
+            f"{', '.join(bad)} at every sample, so it cannot be restricted to the positives"
+            + (f" (only {', '.join(sorted(per_positive))} can)" if per_positive else ""))
     missing = [i.name for i in extra_inputs if i.name not in used and i.name not in OPTIONAL_INPUTS]
     if missing:
         raise TargetSignatureError(f"the call mapping does not pass {', '.join(missing)}: every {spec.name} call "
@@ -330,6 +346,10 @@ def _apply_call_map(t: Target, call_map, spec, label: str, extra_inputs) -> None
     t.call_map = tuple(call_map)
     t.init_delta = False
     t.dropped_inputs = tuple(i.name for i in extra_inputs if i.keyword and i.name not in used)
+    t.positive_inputs = positives
+    for n in positives:
+        t.notes.append(f"the call mapping passes {n}[pos]: {n} restricted to the positives, {n}[labels == 1] "
+                       "(flat order)")
     if spec.default_delta is None or "delta" in used:
         t.delta_mode, t.fixed_delta = "positional", None
     else:
@@ -352,6 +372,24 @@ def _dropped_inputs(params, extra_inputs) -> tuple:
         return ()
     names = {p.name for p in params if p.kind != p.POSITIONAL_ONLY}
     return tuple(i.name for i in extra_inputs if i.keyword and i.name in OPTIONAL_INPUTS and i.name not in names)
+
+
+_POSITIVE_NAME = re.compile(r"(^pos_|_pos$|_positives?$)")
+
+
+def _positive_inputs(params, extra_inputs) -> dict:
+    """``{input: parameter}`` for the per-positive inputs (``Input.per_positive``) that a callable with
+    ``params`` takes restricted to the positives: the positional parameter that receives the input (delta
+    aside) is named like ``ious_pos`` (``*_pos``, ``pos_*``, ``*_positive(s)``)."""
+    if params is None:
+        return {}
+    slots = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+             and p.name != "delta"][2:]
+    found = {}
+    for k, inp in enumerate(i for i in extra_inputs if not i.keyword):
+        if getattr(inp, "per_positive", False) and k < len(slots) and _POSITIVE_NAME.search(slots[k]):
+            found[inp.name] = slots[k]
+    return found
 
 
 def _is_duck_apply(obj) -> bool:
@@ -414,7 +452,7 @@ def _probe_pair_style(t: Target, spec) -> str:
     try:
         if t.convention == "pair":
             out = t._call(probe.logits.copy(), probe.targets.copy(), probe.delta,
-                          [np.array(v) for v in probe.extras])
+                          [np.array(v) for v in t.given(probe).extras])
         else:
             a, b = t._tensors(probe, requires_grad=False)
             out = t._call(a, b, probe.delta, t._extra_tensors(probe, requires_grad=False))

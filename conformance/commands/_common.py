@@ -125,7 +125,7 @@ def run_head_check(args, losses, loss_options=None) -> int:
 
     check_output_file(args.output, "--output")
     validate_numbers(args, {"--atol": "tolerance", "--rtol": "tolerance", "--examples": "count1", "--seed": "seed",
-                            "--shrink-seconds": "seconds"})
+                            "--shrink-seconds": "seconds", "--call-timeout": "timeout"})
     if args.target is not None and (not args.head or len(args.head) != 1):
         raise UsageError("a TARGET is checked against one head: give exactly one --head (dense2d or ssd3d)")
     opts = _json_object(args.loss_options, "--loss-options") or {}
@@ -136,7 +136,8 @@ def run_head_check(args, losses, loss_options=None) -> int:
                             examples=8 if args.examples is None else args.examples, seed=args.seed,
                             dtypes=args.dtype or ("float32", "float64"), device=args.device, scope=args.scope,
                             loss_options=opts, head_options=head_opts, atol=args.atol, rtol=args.rtol,
-                            shrink=not args.no_shrink, shrink_seconds=args.shrink_seconds, progress=args.progress)
+                            shrink=not args.no_shrink, shrink_seconds=args.shrink_seconds, progress=args.progress,
+                            call_timeout=getattr(args, "call_timeout", None) or 60.0, isolate=True)
     except (UsageProblem, TargetError, TargetSignatureError) as exc:
         raise UsageError(str(exc)) from None
     write_report(report, args.format, args.output)

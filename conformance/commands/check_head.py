@@ -17,6 +17,13 @@ returns the index map from flat scores to raw output entries), rankspec's NumPy 
 the flat scores and labels, and the flat reference gradient mapped back to the raw layout.
 RankDetNet's IoU-guided loss is also checked through the IoUs into the box outputs.
 
+TARGET (and the bundled adapters) runs in a worker process, never in rankspec's: its import and
+every call (forward and backward) happen there, and only the loss entries and the gradients come
+back, as NumPy arrays; the oracle, the comparison and the verdict stay in rankspec's process.
+An exit (sys.exit, os._exit), a crash (segfault) or a patch of the harness by TARGET is its
+failure (exit 1), and a call running over --call-timeout fails its case and TARGET is not called
+again. The report (--output) is always written.
+
 Random batches are drawn per scenario: no-gt (no image has a box), many-gt (many boxes per
 image), crowded (overlapping boxes clustered together), mixed (an image without boxes among
 images with a few); with random numbers of images, levels, map sizes, anchors and classes,
@@ -34,7 +41,7 @@ TARGET the bundled adapters (dense2d_loss / Dense2DLoss, ssd3d_loss / SSD3DLoss)
 EPILOG = """\
 exit codes:
   0  conformant: every case of every check agreed within tolerance
-  1  nonconformant: at least one case disagreed (or the target raised)
+  1  nonconformant: at least one case disagreed (or the target raised, exited, crashed or hung)
   2  usage error: bad TARGET, a TARGET without exactly one --head, unknown head / loss /
      scenario, bad option values, --device cuda without CUDA
 
@@ -53,6 +60,10 @@ def add_arguments(p):
                    help="the head's loss function (or nn.Module): package.module:attr or path/to/file.py:attr "
                         "(default: the bundled adapters)")
     add_head_arguments(p, HEADS, HEAD_LOSSES, SCENARIOS, loss=True)
+    p.add_argument("--call-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="time limit of one call of TARGET (default 60). TARGET always runs in a worker process: "
+                        "an exit (sys.exit, os._exit), a crash or a time-out there is that case's failure (exit 1); "
+                        "after a time-out TARGET is not called again")
 
 
 def run(args) -> int:
