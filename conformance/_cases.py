@@ -5,6 +5,11 @@ here: :class:`Case`, :class:`CaseConfig`, the sources of choices and every ``bui
 adds what is the harness's own: the hypothesis source of choices (so failures shrink), the spec's caps
 (:func:`spec_config`), the recorded vectors' inputs, the fixed diagnostic cases and the probe used to
 detect a target's call convention.  A spec's builder is its record's (:attr:`LossSpec.builder`).
+
+Narrow dtypes (``float16`` / ``bfloat16``, opt-in): a case is built in float32 and every floating array
+rounded to the dtype (:meth:`Case.at_precision`; stored as float32 holding the rounded values, since NumPy
+has no bfloat16), so the float64 reference sees exactly what the target gets (:func:`build_case`,
+:func:`at_dtype` for other builders).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from rankspec.refimpl.cases import (ALRP_KINDS, APE_KINDS, DR_KINDS, EXTRA_DELTA
                                     _rankdet_sanitize, _sanitize_threshold, build_alrp_case, build_ape_case,
                                     build_dr_case, build_giou_case, build_rankdet_case, build_ranking_case,
                                     delta_grid, fixed_probe_case)
+from rankspec.refimpl.cases import LOW_PRECISIONS, round_to_precision  # noqa: F401  (re-exported)
 from rankspec.refimpl.constants import DTYPES, GRAD_OUTPUTS  # noqa: F401  (re-exported)
 
 from .specs import get_spec
@@ -45,8 +51,32 @@ def spec_config(spec, cfg: CaseConfig) -> CaseConfig:
     return replace(cfg, max_size=max_size, max_work=max_work)
 
 
+def storage_config(cfg: CaseConfig) -> CaseConfig:
+    """``cfg`` with a narrow dtype (float16 / bfloat16) replaced by float32, the dtype its cases are built and
+    stored in (NumPy has no bfloat16); ``cfg`` itself otherwise."""
+    return replace(cfg, dtype="float32") if cfg.dtype in LOW_PRECISIONS else cfg
+
+
+def lowered(cases, dtype: str):
+    """``cases`` (a list) rounded to a narrow ``dtype`` (:meth:`Case.at_precision`); unchanged for float32 / 64."""
+    if dtype not in LOW_PRECISIONS:
+        return cases
+    return [c.at_precision(dtype) for c in cases]
+
+
+def at_dtype(build, cfg: CaseConfig):
+    """``build(cfg)`` (a function returning a list of cases) for any checked dtype: a narrow dtype builds in
+    float32 (:func:`storage_config`), then rounds every floating array to it (:func:`lowered`)."""
+    return lowered(build(storage_config(cfg)), cfg.dtype)
+
+
 def build_case(src: Source, spec, cfg: CaseConfig, **kw) -> Case:
+    """One case of ``spec`` by its record's builder.  In a narrow dtype (float16 / bfloat16) the case is built
+    in float32 and its floating arrays rounded to the dtype (:meth:`Case.at_precision`): the reference runs in
+    float64 on exactly the rounded values the target gets."""
     builder = spec.builder
+    if cfg.dtype in LOW_PRECISIONS:
+        return builder(src, spec, spec_config(spec, storage_config(cfg)), **kw).at_precision(cfg.dtype)
     return builder(src, spec, spec_config(spec, cfg), **kw)
 
 
@@ -98,6 +128,8 @@ def recorded_cases(spec, cfg: CaseConfig) -> List[Case]:
 
     if not runs_recorded(spec):
         return []
+    if cfg.dtype in LOW_PRECISIONS:
+        return lowered(recorded_cases(spec, storage_config(cfg)), cfg.dtype)
     out = []
     dtype = np.dtype(cfg.dtype)
     for vc in load_official():
@@ -151,6 +183,8 @@ def _family_diagnostic_cases(spec, cfg: CaseConfig, rng, src) -> List[Case]:
 
 def probe_case(spec, dtype: str = "float64", delta: Optional[float] = None) -> Case:
     """The small fixed case used to detect a target's call convention."""
+    if dtype in LOW_PRECISIONS:
+        return probe_case(spec, "float32", delta).at_precision(dtype)
     if spec.case_builder is not None:
         d = None if spec.default_delta is None else float(spec.default_delta if delta is None else delta)
         cfg = CaseConfig(dtype=dtype, delta=d, max_size=12, use_grad_output=False, allow_2d=False)

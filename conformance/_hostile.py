@@ -94,7 +94,7 @@ def _torch_strided(v):
 def with_layout(case: Case, layout: str) -> LayoutCase:
     """``case`` passed to the target as a ``layout`` view (same values)."""
     fields = {f: getattr(case, f) for f in ("logits", "targets", "delta", "grad_output", "kind", "source",
-                                            "extras", "positive_above")}
+                                            "extras", "positive_above", "precision")}
     fields["source"] = f"{case.source} ({layout} view)"
     return LayoutCase(layout=layout, **fields)
 

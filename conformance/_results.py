@@ -54,6 +54,8 @@ class Counterexample:
              "failure": self.comparison.failure, "message": self.comparison.message,
              "expected": {"loss": float(self.expected.loss), "grad": np.asarray(self.expected.grad).tolist()},
              "tolerance": self.tolerance.to_dict(), "reproducer": self.reproducer}
+        if getattr(c, "precision", None):  # a float16 / bfloat16 case: the values above are of that dtype
+            d["precision"] = c.precision
         if c.extras:
             names = self.extra_names or tuple(f"input{k + 2}" for k in range(len(c.extras)))
             d["extras"] = {n: np.asarray(e).astype(np.float64).tolist() for n, e in zip(names, c.extras)}

@@ -47,7 +47,7 @@ from rankspec.refimpl import LossResult
 
 from . import _cases, _hostile, _hypotheses
 from ._compare import Comparison, Tolerance, base_tolerance, case_tolerance, compare, failed_call
-from ._constants import DEVICES, DTYPES
+from ._constants import CHECK_DTYPES, DEVICES, DTYPES, LOW_PRECISION_DTYPES
 from ._diagnose import array_findings
 from ._evaluate import Evaluator, conclude
 from ._progress import Progress
@@ -192,13 +192,14 @@ class ArrayKind:
                                 use_grad_output=self.target.uses_grad_output)
         # fixed cases only (the same for every run and dtype, so the diagnosis is too); the run's failing
         # cases are compared with them separately (diagnose's case (a))
-        return _cases.diagnostic_cases(self.spec, cfg) + _hostile.trigger_cases(self.spec, cfg)
+        return _cases.diagnostic_cases(self.spec, cfg) + _cases.at_dtype(
+            lambda c: _hostile.trigger_cases(self.spec, c), cfg)
 
     def size_probe(self, evaluator) -> Optional[str]:
         """Run the target on the inputs straddling 4096 / 65536 / 2^20 (:func:`._hostile.size_cases`) and
         name the threshold above which it fails (None when no threshold separates passing from failing)."""
         ok = {}
-        for case in _hostile.size_cases(self.spec, self.cfg, self.seed):
+        for case in _cases.at_dtype(lambda c: _hostile.size_cases(self.spec, c, self.seed), self.cfg):
             if case.kind == "size" and case.logits.ndim == 1:
                 ok[case.size] = evaluator.evaluate(case).ok
         for t in _hostile.SIZE_THRESHOLDS:
@@ -228,7 +229,7 @@ class ArrayKind:
         names = spec.argument_names if hasattr(spec, "argument_names") else ("logits", spec.labels_name)
         opts = "".join(f", {k}={v!r}" for k, v in spec.fixed_kwargs.items())
         g = float(case.grad_output) if target.uses_grad_output else 1.0
-        header = [f"# rankspec counterexample: loss {spec.name!r} ({spec.title}), {case.dtype}, shape {case.shape}",
+        header = [f"# rankspec counterexample: loss {spec.name!r} ({spec.title}), {case.checked_dtype}, shape {case.shape}",
                   f"# reference: {spec.qualname} ({spec.citation})",
                   f"# target: {target.name}  [call convention: {target.convention}]"]
         fn = spec.function_name
@@ -342,9 +343,15 @@ def _check_target(target: Target, spec: LossSpec, dtype: str, *, delta, examples
     t0 = time.monotonic()
     fixed_delta = delta if delta is not None else target.fixed_delta
     # the reference's own precision sets the default tolerance (aLRP's float32 buffers); explicit --atol/--rtol win
-    tol = base_tolerance(spec.tolerance_dtype(dtype, {}), tol_overrides)
+    # (a narrow dtype's tolerance is float32's plus its output rounding in any case: ._compare)
+    tol_dtype = dtype if dtype in LOW_PRECISION_DTYPES else spec.tolerance_dtype(dtype, {})
+    tol = base_tolerance(tol_dtype, tol_overrides)
     res = TargetResult(spec.name, target.name, dtype, target.convention, target.device, tol)
     res.notes += target.notes
+    if dtype in LOW_PRECISION_DTYPES and not target.uses_torch:
+        res.notes.append(f"{dtype}: the inputs are rounded to {dtype}, but this NumPy target gets them as float32 "
+                         f"arrays holding the rounded values (NumPy has no bfloat16, so both narrow dtypes are "
+                         f"handed to NumPy targets this way); the tolerance is {dtype}'s")
     cfg = _cases.CaseConfig(dtype=dtype, delta=fixed_delta, max_size=max_size,
                             use_grad_output=target.uses_grad_output)
     kind = ArrayKind(target, spec, dtype, tol, fixed_delta, expected_overrides, cfg=cfg, examples=examples,
@@ -385,7 +392,8 @@ def _check_target(target: Target, spec: LossSpec, dtype: str, *, delta, examples
             on_eval(case, "vectors")
     # a quarter of the generated cases (at most) are the hostile ones of ._hostile: inputs around chunk sizes
     # (4096, 65536, 2^20) with positives and relevant negatives, no positive / negative, all-equal logits
-    hostile = _hostile.hostile_cases(spec, cfg, seed, examples // 4) if examples > 0 else []
+    hostile = (_cases.at_dtype(lambda c: _hostile.hostile_cases(spec, c, seed, examples // 4), cfg)
+               if examples > 0 else [])
     if examples > 0:
         kind.used_hypothesis = _run_generated(kind, cfg, examples - len(hostile), seed, on_eval)
     if examples > 0:
@@ -461,7 +469,10 @@ def check(target=None, loss=None, *, delta: Optional[float] = None, examples: Op
         Number of generated cases per target and dtype (``None``: each loss's
         ``default_examples``, fewer for the expensive references), and their seed.
     device, dtypes:
-        Where and in which float types torch targets are run.
+        Where and in which float types torch targets are run: ``"float32"``, ``"float64"`` (the default
+        pair) and the opt-in narrow ``"float16"`` / ``"bfloat16"`` (inputs rounded to the type, reference in
+        float64 on the rounded values, tolerance float32's plus one ulp of output rounding:
+        :mod:`~rankspec.conformance._compare`; NumPy targets get float32 arrays holding the rounded values).
     convention, target_kwargs, tuple_backward:
         How to call the target (see :mod:`~rankspec.conformance._targets`) and
         fixed keyword arguments for each call.
@@ -510,8 +521,8 @@ def check(target=None, loss=None, *, delta: Optional[float] = None, examples: Op
     t0 = time.monotonic()
     dtypes = _as_list(dtypes)
     for dt in dtypes:
-        if dt not in DTYPES:
-            raise UsageProblem(f"dtype must be one of {', '.join(DTYPES)}, got {dt!r}")
+        if dt not in CHECK_DTYPES:
+            raise UsageProblem(f"dtype must be one of {', '.join(CHECK_DTYPES)}, got {dt!r}")
     if not dtypes:
         raise UsageProblem("at least one dtype is required")
     if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 0):

@@ -54,7 +54,33 @@ from .constants import GRAD_OUTPUTS
 __all__ = ["Case", "CaseConfig", "Source", "RngSource", "KINDS", "RANKDET_KINDS", "DR_KINDS", "APE_KINDS",
            "GIOU_KINDS", "ALRP_KINDS", "build_ranking_case", "build_rankdet_case", "build_dr_case",
            "build_ape_case", "build_giou_case", "build_alrp_case", "resolve_builder", "extra_names",
-           "sample_cases", "fixed_probe_case", "delta_grid"]
+           "sample_cases", "fixed_probe_case", "delta_grid", "LOW_PRECISIONS", "round_to_precision"]
+
+#: narrow float formats a case can hold (NumPy has no bfloat16, so such a case stores its floating arrays in
+#: float32, holding values exactly representable in the narrow format: :attr:`Case.precision`)
+LOW_PRECISIONS = ("float16", "bfloat16")
+_FINITE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
+
+
+def round_to_precision(a, precision: str) -> np.ndarray:
+    """``a`` rounded to the nearest ``precision`` (``"float16"`` / ``"bfloat16"``) value, returned as float32.
+
+    Values are first rounded to float32, clipped to the format's largest finite value (so no finite input
+    becomes infinite), then rounded to nearest, ties to even: float16 through NumPy's float16; bfloat16 (the
+    top 16 bits of a float32: 8 exponent bits, 7 mantissa bits) by adding ``0x7FFF`` plus the lowest kept
+    bit to the float32 bit pattern and clearing the low 16 bits.  NaN stays NaN.  O(n) time and memory.
+    """
+    if precision not in LOW_PRECISIONS:
+        raise ValueError(f"precision must be one of {list(LOW_PRECISIONS)!r}, got {precision!r}")
+    x = np.asarray(a, dtype=np.float64)
+    big = _FINITE_MAX[precision]
+    x = np.clip(x, -big, big).astype(np.float32)  # NaN passes through clip
+    if precision == "float16":
+        return x.astype(np.float16).astype(np.float32)
+    u = np.ascontiguousarray(x).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    out = u.astype(np.uint32).view(np.float32).reshape(x.shape)
+    return np.where(np.isnan(x), x, out)
 
 KINDS = ("grid", "random", "ties", "separated", "no_relevant_negative", "equal_iou", "large_magnitude")
 POS_FRACTIONS = (0.25, 0.5, 0.1, 1.0, 0.0, 0.02, 0.9)
@@ -82,10 +108,19 @@ class Case:
     source: str = "generated"
     extras: Tuple[np.ndarray, ...] = ()
     positive_above: Optional[float] = 0.0
+    #: ``None``, or the narrow format (:data:`LOW_PRECISIONS`) the case is checked in: its floating arrays are
+    #: float32 holding values of that format (:func:`round_to_precision`); targets get tensors of that dtype
+    precision: Optional[str] = None
 
     @property
     def dtype(self) -> str:
+        """The NumPy dtype of the floating arrays (float32 for a :attr:`precision` case)."""
         return str(self.logits.dtype)
+
+    @property
+    def checked_dtype(self) -> str:
+        """The dtype the case is checked in: :attr:`precision` when set, else :attr:`dtype`."""
+        return self.precision or self.dtype
 
     @property
     def shape(self):
@@ -123,21 +158,36 @@ class Case:
         """
         new_extras = self.extras if not extras else tuple(
             np.asarray(e, dtype=old.dtype) for e, old in zip(extras, self.extras))
-        return replace(self, logits=np.asarray(logits, dtype=self.logits.dtype),
-                       targets=np.asarray(targets, dtype=self.targets.dtype), extras=new_extras)
+        out = replace(self, logits=np.asarray(logits, dtype=self.logits.dtype),
+                      targets=np.asarray(targets, dtype=self.targets.dtype), extras=new_extras)
+        return out.at_precision(self.precision) if self.precision else out
+
+    def at_precision(self, precision: str) -> "Case":
+        """Floating arrays rounded to ``precision`` (:func:`round_to_precision`, stored as float32); integer
+        arrays unchanged; :attr:`precision` set.  Idempotent."""
+        def cast(a):
+            a = np.asarray(a)
+            return a if a.dtype.kind in "iub" else round_to_precision(a, precision)
+
+        return replace(self, logits=cast(self.logits), targets=cast(self.targets),
+                       extras=tuple(cast(e) for e in self.extras), precision=precision)
 
     def map_arrays(self, fn) -> "Case":
         """Apply ``fn`` to every array (e.g. a row selection); dtypes are kept."""
         return self.with_arrays(*(fn(a) for a in self.arrays))
 
     def astype(self, dtype) -> "Case":
-        """Floating arrays cast to ``dtype``; integer arrays unchanged."""
+        """Floating arrays cast to ``dtype``; integer arrays unchanged.  A narrow format of
+        :data:`LOW_PRECISIONS` gives :meth:`at_precision`; any other dtype clears :attr:`precision`."""
+        if isinstance(dtype, str) and dtype in LOW_PRECISIONS:
+            return self.at_precision(dtype)
+
         def cast(a):
             a = np.asarray(a)
             return a if a.dtype.kind in "iub" else a.astype(dtype)
 
         return replace(self, logits=cast(self.logits), targets=cast(self.targets),
-                       extras=tuple(cast(e) for e in self.extras))
+                       extras=tuple(cast(e) for e in self.extras), precision=None)
 
     def describe(self) -> str:
         parts = [f"kind={self.kind}", f"shape={self.shape}"]
@@ -146,7 +196,8 @@ class Case:
         if self.delta is not None:
             parts.append(f"delta={self.delta:g}")
         parts.append(f"grad_output={self.grad_output:g}")
-        return f"{self.source}: " + ", ".join(parts) + f", {self.dtype}"
+        dt = self.dtype if not self.precision else f"{self.precision} (values stored as {self.dtype})"
+        return f"{self.source}: " + ", ".join(parts) + f", {dt}"
 
 
 @dataclass(frozen=True)

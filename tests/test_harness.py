@@ -141,7 +141,7 @@ def test_loss_and_usage_errors():
     with pytest.raises(UsageProblem, match="loss is required"):
         check(rs_pair)
     with pytest.raises(UsageProblem, match="dtype"):
-        check(rs_pair, "rs", dtypes=["float16"])
+        check(rs_pair, "rs", dtypes=["float8"])  # float16 / bfloat16 are opt-in dtypes
     with pytest.raises(UsageProblem, match="delta"):
         check(rs_pair, "rs", delta=-1.0)
     if not torch.cuda.is_available():

@@ -70,7 +70,7 @@ def _loaded_torch():
 
 def _scalar(value, what: str) -> float:
     if hasattr(value, "detach"):
-        value = value.detach().cpu()
+        value = _detach(value)
     arr = np.asarray(value, dtype=np.float64)
     if arr.size != 1:
         raise TargetFailure("bad-output", f"{what} should be a scalar, got an array of shape {arr.shape}")
@@ -79,7 +79,7 @@ def _scalar(value, what: str) -> float:
 
 def _array(value, shape, what: str) -> np.ndarray:
     if hasattr(value, "detach"):
-        value = value.detach().cpu()
+        value = _detach(value)
     arr = np.asarray(value, dtype=np.float64)
     if arr.size != int(np.prod(shape)):
         raise TargetFailure("bad-output", f"{what} has shape {arr.shape}, expected {tuple(shape)} "
@@ -89,7 +89,19 @@ def _array(value, shape, what: str) -> np.ndarray:
 
 
 def _detach(v):
-    return v.detach().cpu() if hasattr(v, "detach") else v
+    if not hasattr(v, "detach"):
+        return v
+    v = v.detach().cpu()
+    return v.float() if str(getattr(v, "dtype", "")) == "torch.bfloat16" else v  # NumPy has no bfloat16
+
+
+def _dtype_of(case, arr):
+    """The torch dtype a floating array of a narrow-precision ``case`` is handed as (``Case.precision``:
+    float16 / bfloat16; its values are stored as float32), else None (inferred from the array)."""
+    precision = getattr(case, "precision", None)
+    if not precision or np.asarray(arr).dtype.kind != "f":
+        return None
+    return getattr(_torch(), precision)
 
 
 def _is_tensor(v) -> bool:
@@ -103,13 +115,18 @@ an explicit call of TARGET: its arguments in order, comma-separated. Each item i
 (logits; labels, also spelt targets; delta; the loss's extra inputs, e.g. ious or image_ids), passed
 positionally; PARAM=INPUT passes an input as keyword PARAM; PARAM=VALUE passes a fixed value (a number,
 a quoted string, true / false / null) for an extra parameter; PARAM=VALUE for a parameter named delta
-fixes the delta (the reference is called with it too). E.g. 'logits,targets,delta=0.5' or
-'scores=logits,gt=labels,smooth=true'. Checked against TARGET's signature before any case runs."""
+fixes the delta (the reference is called with it too). INPUT[pos] passes a per-sample input restricted
+to the positives (labels == 1, flat order; e.g. ious_pos=ious[pos] for APE's per-positive IoUs; inputs
+the reference reads at the positives only; a parameter named like ious_pos gets this without --call).
+E.g. 'logits,targets,delta=0.5' or 'scores=logits,gt=labels,smooth=true'. Checked against TARGET's
+signature before any case runs."""
 
 
 def parse_call(text: str, inputs) -> Tuple[Tuple[Optional[str], str, object], ...]:
     """Parse a call mapping (:data:`CALL_HELP`) for a loss whose inputs are ``inputs`` (names; ``labels``
-    stands for the labels / targets input).  Raises ``ValueError`` naming the bad item."""
+    stands for the labels / targets input).  Items are ``(parameter or None, kind, input name or value)`` with
+    kind ``"input"``, ``"positives"`` (``INPUT[pos]``: the input restricted to the positives) or ``"value"``.
+    Raises ``ValueError`` naming the bad item."""
     import ast
     import json
 
@@ -121,6 +138,18 @@ def parse_call(text: str, inputs) -> Tuple[Tuple[Optional[str], str, object], ..
     def as_input(name):
         name = aliases.get(name, name)
         return name if name in known else None
+
+    def as_item(param, raw, item):
+        """``(param, kind, name)`` for an input (``INPUT`` or ``INPUT[pos]``), else None."""
+        base = raw[:-len("[pos]")].strip() if raw.replace(" ", "").endswith("[pos]") else None
+        if base is not None:
+            name = as_input(base)
+            if name is None or name in ("logits", "labels", "delta"):
+                raise ValueError(f"call item {item!r}: [pos] restricts an extra input to the positives "
+                                 f"({', '.join(k for k in known if k not in ('logits', 'labels', 'delta'))})")
+            return (param, "positives", name)
+        name = as_input(raw)
+        return (param, "input", name) if name else None
 
     def literal(item, raw):
         raw = raw.strip()
@@ -140,15 +169,13 @@ def parse_call(text: str, inputs) -> Tuple[Tuple[Optional[str], str, object], ..
             param, raw = (x.strip() for x in item.split("=", 1))
             if not param.isidentifier():
                 raise ValueError(f"call item {item!r}: {param!r} is not a parameter name")
-            name = as_input(raw)
-            out.append((param, "input", name) if name else (param, "value", literal(item, raw)))
+            out.append(as_item(param, raw, item) or (param, "value", literal(item, raw)))
             seen_kw = True
         else:
             if seen_kw:
                 raise ValueError(f"call item {item!r}: a positional item after a keyword item")
-            name = as_input(item)
-            out.append((None, "input", name) if name else (None, "value", literal(item, item)))
-    used = [v for _, k, v in out if k == "input"]
+            out.append(as_item(None, item, item) or (None, "value", literal(item, item)))
+    used = [v for _, k, v in out if k != "value"]
     for required in ("logits", "labels"):
         if required not in used:
             raise ValueError(f"the call mapping {text!r} does not pass {required} (every call needs logits and "
@@ -170,10 +197,16 @@ def _same(before, after) -> bool:
     return bool(np.array_equal(before, after, equal_nan=nan))
 
 
+def _positives(case) -> np.ndarray:
+    """Flat boolean mask of the positives (labels == 1) of ``case``."""
+    return np.asarray(case.targets).reshape(-1) == 1
+
+
 def _check_unmodified(case, a, b, extras, extra_inputs) -> None:
     """Raise :class:`TargetFailure` when the target wrote into one of the inputs it was given.
 
-    The inputs handed to a target are copies of the case's arrays, so comparing them with the case after the
+    ``case`` is the case as the target was handed it (:meth:`Target.given`).  The inputs handed to a target
+    are copies of the case's arrays, so comparing them with the case after the
     call finds any in-place write (``logits.clamp_()``, ``labels[labels < 0] = 0``, ``x.data.mul_()``...): a
     loss that modifies its caller's tensors corrupts the training step that calls it.
     """
@@ -227,6 +260,9 @@ class Target:
         self.delta_index: int = 2  #: position of a positional delta (the spec's; 3 for aLRP) (set by make_target)
         self.array_outputs: Tuple = ()  #: the spec's array outputs: a (loss, *arrays) tuple is checked on loss
         self.dropped_inputs: Tuple[str, ...] = ()  #: keyword extra inputs the target does not take (set by detect)
+        #: per-positive extra inputs (``Input.per_positive``) the target takes restricted to the positives
+        #: (:meth:`given`; set by detect)
+        self.positive_inputs: Tuple[str, ...] = ()
         #: an explicit call mapping (:func:`parse_call`): ``(parameter or None, "input" | "value", name | value)``
         self.call_map: Optional[Tuple[Tuple[Optional[str], str, object], ...]] = None
 
@@ -250,6 +286,18 @@ class Target:
         from dataclasses import replace
 
         extras = tuple(np.zeros_like(v) if inp.name in self.dropped_inputs else v
+                       for inp, v in zip(self.extra_inputs, case.extras))
+        return replace(case, extras=extras)
+
+    def given(self, case):
+        """``case`` as the target is handed it: each input of :attr:`positive_inputs` restricted to the
+        positives, ``v.reshape(-1)[labels.reshape(-1) == 1]`` (length P, flat order).  O(n)."""
+        if not self.positive_inputs:
+            return case
+        from dataclasses import replace
+
+        pos = _positives(case)
+        extras = tuple(np.asarray(v).reshape(-1)[pos] if inp.name in self.positive_inputs else v
                        for inp, v in zip(self.extra_inputs, case.extras))
         return replace(case, extras=extras)
 
@@ -288,9 +336,9 @@ class Target:
         fn = self._callable_for(delta)
         if self.call_map is not None:
             values = {"logits": a, "labels": b, "delta": delta}
-            values.update({inp.name: v for inp, v in zip(self.extra_inputs, extras)})
-            args = [values[v] if k == "input" else v for p, k, v in self.call_map if p is None]
-            kw = {p: (values[v] if k == "input" else v) for p, k, v in self.call_map if p is not None}
+            values.update({inp.name: v for inp, v in zip(self.extra_inputs, extras)})  # already restricted
+            args = [v if k == "value" else values[v] for p, k, v in self.call_map if p is None]
+            kw = {p: (v if k == "value" else values[v]) for p, k, v in self.call_map if p is not None}
             if not (self.convention == "module" and inspect.isclass(self.obj)):
                 kw = {**self.kwargs, **kw}
             return fn(*args, **kw)
@@ -331,8 +379,9 @@ class Target:
 
     def _tensors(self, case, requires_grad: bool):
         torch = _torch()
-        x = torch.tensor(case.logits, device=self.device, requires_grad=requires_grad)
-        t = torch.tensor(case.targets, device=self.device)
+        x = torch.tensor(case.logits, dtype=_dtype_of(case, case.logits), device=self.device,
+                         requires_grad=requires_grad)
+        t = torch.tensor(case.targets, dtype=_dtype_of(case, case.targets), device=self.device)
         layout = getattr(case, "layout", None)
         if layout and layout != "contiguous":  # a non-contiguous view with the same values (._hostile)
             from .._hostile import present
@@ -341,11 +390,12 @@ class Target:
         return x, t
 
     def _extra_tensors(self, case, requires_grad: bool):
-        """The case's extra inputs as tensors; differentiable ones require grad when ``requires_grad``."""
+        """The case's extra inputs as the target is handed them (:meth:`given`), as tensors; differentiable
+        ones require grad when ``requires_grad``."""
         torch = _torch()
-        return [torch.tensor(v, device=self.device, requires_grad=bool(requires_grad and inp.grad
-                                                                         and np.asarray(v).dtype.kind == "f"))
-                for inp, v in zip(self.extra_inputs, case.extras)]
+        return [torch.tensor(v, dtype=_dtype_of(case, v), device=self.device,
+                             requires_grad=bool(requires_grad and inp.grad and np.asarray(v).dtype.kind == "f"))
+                for inp, v in zip(self.extra_inputs, self.given(case).extras)]
 
     def _run_pair(self, case, torch_inputs: bool) -> Outcome:
         if torch_inputs:
@@ -353,14 +403,14 @@ class Target:
             extras = self._extra_tensors(case, requires_grad=False)
         else:
             a, b = case.logits.copy(), case.targets.copy()
-            extras = [np.array(v, copy=True) for v in case.extras]
+            extras = [np.array(v, copy=True) for v in self.given(case).extras]
             layout = getattr(case, "layout", None)
             if layout and layout != "contiguous":  # a non-contiguous view with the same values (._hostile)
                 from .._hostile import present
 
                 a, b = present(a, layout), present(b, layout)
         out = self._call(a, b, case.delta, extras)
-        _check_unmodified(case, a, b, extras, self.extra_inputs)
+        _check_unmodified(self.given(case), a, b, extras, self.extra_inputs)
         if hasattr(out, "loss") and hasattr(out, "grad"):
             loss, grad = out.loss, out.grad
         elif isinstance(out, (tuple, list)) and len(out) == 2:
@@ -416,9 +466,12 @@ class Target:
             for inp, v, arr in zip(self.extra_inputs, extras, case.extras):
                 if inp.grad:
                     shape = np.shape(arr)
-                    extra_grads[inp.name] = (np.zeros(shape) if v.grad is None
-                                             else v.grad.detach().double().cpu().numpy().reshape(shape))
-        _check_unmodified(case, x, t, extras, self.extra_inputs)
+                    got = np.zeros(np.size(arr))
+                    if v.grad is not None:
+                        at = _positives(case) if inp.name in self.positive_inputs else slice(None)
+                        got[at] = v.grad.detach().double().cpu().numpy().reshape(-1)
+                    extra_grads[inp.name] = got.reshape(shape)  # zero off the positives for a restricted input
+        _check_unmodified(self.given(case), x, t, extras, self.extra_inputs)
         return Outcome(loss, grad, parts, g, tuple(notes), extra_grads)
 
     # -- reproducer -------------------------------------------------------------------------------
@@ -445,8 +498,8 @@ class Target:
             fn = self.expr
         if self.call_map is not None:
             var = {"logits": "x", "labels": "t", "delta": "delta", **{n: f"{n}_t" for n in names}}
-            items = [(var[v] if k == "input" else repr(v)) if p is None else
-                     f"{p}={var[v] if k == 'input' else repr(v)}" for p, k, v in self.call_map]
+            items = [(repr(v) if k == "value" else var[v]) if p is None else
+                     f"{p}={repr(v) if k == 'value' else var[v]}" for p, k, v in self.call_map]
             args = ", ".join(items) + kw
         elif self.init_delta or self.delta_mode == "none":
             args = f"x, t{extra_args}{extra_kw}{kw}"
@@ -456,16 +509,22 @@ class Target:
             pos = ["x", "t"] + [a.strip() for a in extra_args.split(",") if a.strip()]
             pos.insert(self.delta_index, "delta")
             args = ", ".join(pos) + f"{extra_kw}{kw}"
+        pos = f"np.asarray({labels_name}).reshape(-1) == 1"  # the positives, flat order (see given())
+        # a narrow-precision case (Case.precision): the float32-stored values handed over as that dtype
+        dt = {k: (f", dtype=torch.{case.precision}" if _dtype_of(case, a) is not None else "")
+              for k, a in zip(["logits", "labels", *names], case.arrays)} if getattr(case, "precision", None) \
+            else {}
+        src = {n: (f"np.asarray({n}).reshape(-1)[{pos}]" if n in self.positive_inputs else n) for n in names}
         if self.convention in ("pair", "torch-pair"):
             lines = []
             if self.convention == "pair":
                 lines.append(f"x, t = {logits_name}, {labels_name}")
-                lines += [f"{n}_t = {n}" for n in names]
+                lines += [f"{n}_t = {src[n]}" for n in names]
             else:
                 lines += ["import torch",
-                          f"x = torch.tensor({logits_name}, device={self.device!r})",
-                          f"t = torch.tensor({labels_name}, device={self.device!r})"]
-                lines += [f"{n}_t = torch.tensor({n}, device={self.device!r})" for n in names]
+                          f"x = torch.tensor({logits_name}{dt.get('logits', '')}, device={self.device!r})",
+                          f"t = torch.tensor({labels_name}{dt.get('labels', '')}, device={self.device!r})"]
+                lines += [f"{n}_t = torch.tensor({src[n]}{dt.get(n, '')}, device={self.device!r})" for n in names]
             lines.append(f"out = {fn}({args})")
             if self.pair_style == "result":
                 lines.append("got_loss, got_grad = out.loss, out.grad")
@@ -477,9 +536,10 @@ class Target:
             return "\n".join(lines)
         g = float(case.grad_output)
         lines = ["import torch",
-                 f"x = torch.tensor({logits_name}, device={self.device!r}, requires_grad=True)",
-                 f"t = torch.tensor({labels_name}, device={self.device!r})"]
-        lines += [f"{inp.name}_t = torch.tensor({inp.name}, device={self.device!r}"
+                 f"x = torch.tensor({logits_name}{dt.get('logits', '')}, device={self.device!r}, "
+                 "requires_grad=True)",
+                 f"t = torch.tensor({labels_name}{dt.get('labels', '')}, device={self.device!r})"]
+        lines += [f"{inp.name}_t = torch.tensor({src[inp.name]}{dt.get(inp.name, '')}, device={self.device!r}"
                   + (", requires_grad=True)" if inp.grad else ")") for inp in self.extra_inputs]
         lines.append(f"out = {fn}({args})")
         if self.array_outputs:
@@ -497,8 +557,13 @@ class Target:
             lines.append(f"{root}.backward(torch.tensor({g!r}, dtype=x.dtype, device=x.device))"
                          f"  # grad_output = {g!r}")
         lines += ["got_loss = float(loss.detach())", "got_grad = x.grad.double().cpu().numpy()"]
-        lines += [f"got_grad_{inp.name} = {inp.name}_t.grad.double().cpu().numpy()"
-                  for inp in self.extra_inputs if inp.grad]
+        for inp in self.extra_inputs:
+            if inp.grad and inp.name in self.positive_inputs:  # scattered back onto the positives
+                lines += [f"got_grad_{inp.name} = np.zeros(np.size({inp.name}))",
+                          f"got_grad_{inp.name}[{pos}] = {inp.name}_t.grad.double().cpu().numpy()",
+                          f"got_grad_{inp.name} = got_grad_{inp.name}.reshape(np.shape({inp.name}))"]
+            elif inp.grad:
+                lines.append(f"got_grad_{inp.name} = {inp.name}_t.grad.double().cpu().numpy()")
         return "\n".join(lines)
 
 

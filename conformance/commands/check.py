@@ -64,6 +64,7 @@ examples:
 
 
 def add_arguments(p):
+    from rankspec.conformance._constants import CHECK_DTYPES
     from rankspec.conformance._domain import DOMAIN_HELP
     from rankspec.conformance._targets import CALL_CONVENTIONS, CALL_HELP
     from rankspec.conformance.specs import spec_names
@@ -82,8 +83,12 @@ def add_arguments(p):
                         "losses, whose readable references loop in Python)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated cases (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of torch targets")
-    p.add_argument("--dtype", choices=("float32", "float64"), action="append",
-                   help="dtype to check (repeatable; default: float32 and float64)")
+    p.add_argument("--dtype", choices=CHECK_DTYPES, action="append",
+                   help="dtype to check (repeatable; default: float32 and float64). float16 / bfloat16 (opt-in): "
+                        "inputs rounded to the dtype, the float64 reference on the rounded values, torch targets "
+                        "given tensors of the dtype (NumPy targets: float32 arrays of the rounded values), "
+                        "tolerance float32's plus one ulp of the dtype's output rounding (rtol + 2^-10 for "
+                        "float16, + 2^-7 for bfloat16)")
     p.add_argument("--format", choices=("text", "json", "junit"), default="text", help="report format")
     p.add_argument("--output", metavar="FILE", help="write the report to FILE instead of stdout")
     p.add_argument("--convention", choices=CALL_CONVENTIONS, default="auto",
@@ -118,6 +123,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from rankspec.conformance._constants import DTYPES
     from rankspec.conformance.harness import UsageProblem, check
     from rankspec.conformance._targets import TargetError, TargetSignatureError
 
@@ -139,7 +145,7 @@ def run(args) -> int:
     loss_options = _json_object(args.loss_options, "--loss-options")
     try:
         report = check(args.target, args.loss, delta=args.delta, examples=args.examples, seed=args.seed,
-                       device=args.device, dtypes=args.dtype or ("float32", "float64"),
+                       device=args.device, dtypes=args.dtype or DTYPES,
                        convention=args.convention, target_kwargs=kwargs, tuple_backward=args.tuple_backward,
                        vectors=not args.no_vectors, max_size=args.max_size, atol=args.atol, rtol=args.rtol,
                        shrink=not args.no_shrink, shrink_seconds=args.shrink_seconds, progress=args.progress,
@@ -156,12 +162,15 @@ def _run_head(args) -> int:
 
     flat_only = [o for o, v in (("--convention", args.convention != "auto"), ("--target-kwargs", args.target_kwargs),
                                 ("--tuple-backward", args.tuple_backward != "sum"), ("--no-vectors", args.no_vectors),
-                                ("--max-size", args.max_size != 100_000), ("--call-timeout", args.call_timeout != 60.0),
+                                ("--max-size", args.max_size != 100_000),
                                 ("--call", args.call), ("--domain", args.domain))
                  if v]
     if flat_only:
         raise UsageError(f"{', '.join(flat_only)} do(es) not apply to --head (a head target takes the head "
                          "loss function's signature)")
+    narrow = [d for d in args.dtype or () if d not in ("float32", "float64")]
+    if narrow:
+        raise UsageError(f"--dtype {narrow[0]} applies to loss checks only; --head checks in float32 / float64")
     if args.delta is not None and not (args.delta >= 0 and args.delta != float("inf")):
         raise UsageError(f"--delta must be a finite number >= 0, got {args.delta}")
     extra = {"delta": args.delta} if args.delta is not None else None
