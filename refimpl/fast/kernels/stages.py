@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from .primitives import (_OPTS, classify, count_table, dd_diff, fenwick_add, fenwick_prefix, h_positive, par_ser,
-                         prefix_dd, prefix_dd3, slot_of, specialise, sum_scale, table_scale)
+                         prefix_dd, prefix_dd3, specialise, sum_scale, table_scale)
 
 
 # --------------------------------------------------------------------------- O(N) passes
@@ -306,37 +306,77 @@ def bucket_prototypes(s, kidx, nbk):
 
 @njit(**_OPTS)
 def _value_slots(vals, tb, exact):
-    """Slot of each of a few values (-1 below the first boundary) and the values in units of
-    :func:`.primitives.table_scale`."""
-    ks = np.full(vals.size, -1, np.int64)
-    b0 = tb[0][0]
+    """Slot of each of a few values (-1 below the first boundary).  The lookup of
+    :func:`.primitives.slot_of` written out, as in :func:`_slot_pass` (a call of ``slot_of`` per
+    value made weighted_hist / slot_values ~8x slower: 0.108 against 0.011 ms at 5% of 50000)."""
+    bp, nb, start, lo, invw, G, fast = tb
+    b0 = bp[0]
+    blast = bp[nb - 1]
+    ks = np.empty(vals.size, np.int64)
     for j in range(vals.size):
-        if vals[j] >= b0:
-            ks[j] = slot_of(vals[j], tb, exact)
-    return ks, vals * table_scale(tb)
+        x = vals[j]
+        if not (x >= b0):
+            ks[j] = -1
+            continue
+        if x >= blast:
+            r = nb
+        else:
+            f = (x - lo) * invw
+            if not (f >= 1.0):
+                c = 0
+            elif f >= G:
+                c = G - 1
+            else:
+                c = int(f)
+            r = start[c]
+            if fast:
+                r += (np.int64(bp[r] <= x) + np.int64(bp[r + 1] <= x) + np.int64(bp[r + 2] <= x)
+                      + np.int64(bp[r + 3] <= x))
+            else:
+                e = start[c + 1]
+                while r < e:
+                    m = (r + e) >> 1
+                    if bp[m] <= x:
+                        r = m + 1
+                    else:
+                        e = m
+        k = r
+        if exact:
+            if r > 0 and bp[r - 1] == x:
+                k = 2 * r - 1
+            else:
+                k = 2 * r
+        ks[j] = k
+    return ks
 
 
 @njit(**_OPTS)
 def weighted_hist(vals, wts, tb, exact, nsl):
-    """Slot histogram of a few weighted negatives (the bucket prototypes)."""
+    """Slot histogram of a few weighted negatives (the bucket prototypes); the logit sums in units
+    of :func:`.primitives.table_scale`."""
     cnt = np.zeros(nsl)
     sm = np.zeros(nsl)
-    ks, xs = _value_slots(vals, tb, exact)
+    ks = _value_slots(vals, tb, exact)
+    sc = table_scale(tb)
     for j in range(vals.size):
-        if ks[j] >= 0:
-            cnt[ks[j]] += wts[j]
-            sm[ks[j]] += wts[j] * xs[j]
+        k = ks[j]
+        if k >= 0:
+            cnt[k] += wts[j]
+            sm[k] += wts[j] * (vals[j] * sc)
     return cnt, sm
 
 
 @njit(**_OPTS)
 def slot_values(vals, tb, exact, A, B):
-    """``A_k + B_k * x`` for a few values (prototype gradients per member)."""
+    """``A_k + B_k * x`` for a few values (prototype gradients per member; ``x`` in units of
+    :func:`.primitives.table_scale`)."""
     out = np.zeros(vals.size)
-    ks, xs = _value_slots(vals, tb, exact)
+    ks = _value_slots(vals, tb, exact)
+    sc = table_scale(tb)
     for j in range(vals.size):
-        if ks[j] >= 0:
-            out[j] = A[ks[j]] + B[ks[j]] * xs[j]
+        k = ks[j]
+        if k >= 0:
+            out[j] = A[k] + B[k] * (vals[j] * sc)
     return out
 
 
