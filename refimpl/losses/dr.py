@@ -286,7 +286,9 @@ DR_CONVENTIONS = (
         "Class-id labels [n]: -1 ignored (no entry of the row is used), 0 background (every class entry "
         "negative), k in 1..C positive for class k and negative for the others. Per-entry labels of the logits' "
         "shape: 1 / 0 / -1. Ignored entries get zero gradient.",
-        "The authors' code uses class ids with 1-based classes and excludes targets < 0 from both sides."),
+        "The authors' code (SigmoidDRLoss) takes class ids [n] only, with 1-based classes, and excludes targets "
+        "< 0 from both sides; given per-entry labels it raises (an IndexError), which rankspec check reports "
+        "as 'raises on per-entry labels' (restrict the check with --domain class_ids)."),
     Convention(
         None, "Worst-case ties", ("worst_case_expectation",), "split evenly", (),
         "With pairing='worst', tied maximal negatives (minimal positives) share the subgradient equally, the "
