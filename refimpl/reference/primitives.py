@@ -87,7 +87,9 @@ def self_term(delta: float, self_rank: str, tie_value: float) -> float:
         return 1.0
     if self_rank == "half":
         return 0.5
-    value = float(smoothed_step(0.0, delta, tie_value))
+    # H(0) of BRL Eq. 3.2 (smoothed_step at x = 0), as scalar arithmetic: this runs once per call, before
+    # every backend, so it avoids smoothed_step's array validation
+    value = 0.5 if check_delta(delta) > 0 else float(tie_value)
     if value == 0.0:
         raise ValueError(
             "self_rank='h0' with delta=0 and tie_value=0 makes the self term of rank^+(i) zero, so "
