@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ._result import LossResult
-from ._validate import (as_float_array, check_binary_labels, check_bool, check_choice, check_delta, check_iou_targets,
-                        check_same_shape)
+from ._validate import (as_float_array, check_binary_labels, check_bool, check_choice, check_delta,
+                        check_finite_values, check_iou_targets, check_same_shape)
 from .reference.primitives import self_term
 
 __all__ = ["NORMALIZATION_CHOICES", "TIED_NEGATIVES_CHOICES", "RankingInput", "RankingOptions", "validate_ranking",
@@ -58,6 +58,10 @@ class RankingInput:
     tied_negatives: str = "above"
     on_device: bool = False  #: arrays on the GPU; their values are checked by the CUDA glue
     raw: tuple = ()  #: the original (logits, labels) of a GPU call (for :meth:`on_host`)
+    #: False: the values (finite logits, label values) are left to the kernel's first pass
+    #: (``backend="numba"``: host float32 / float64 arrays as given; GPU input), which calls
+    #: :meth:`check_values` to raise the validator's error when it finds a bad value
+    values_checked: bool = True
 
     @property
     def exact(self) -> bool:
@@ -78,14 +82,25 @@ class RankingInput:
         """The defined result for zero positives: loss 0, zero gradient."""
         return LossResult(0.0, np.zeros(self.shape), {k: float(v) for k, v in terms.items()})
 
+    def check_values(self) -> None:
+        """Raise the validator's error for the first bad value (host input; GPU input: :meth:`on_host`)."""
+        if self.on_device:
+            self.on_host()
+        else:
+            check_ranking_values(self.logits, self.targets, self.labels_name, self.continuous)
+
     def on_host(self) -> "RankingInput":
-        """This input with host arrays, values checked (raises the validator's error for bad values)."""
+        """This input with float64 host arrays, values checked (raises the validator's error for bad values)."""
         if not self.on_device:
-            return self
+            if self.values_checked:
+                return self
+            self.check_values()
+            return replace(self, logits=np.asarray(self.logits, np.float64),
+                           targets=np.asarray(self.targets, np.float64), values_checked=True)
         s, t = (_to_host(a) for a in self.raw)
         return replace(self, logits=_host_values(s, "logits"), targets=_host_values(t, self.labels_name,
                                                                                     continuous=self.continuous),
-                       on_device=False, raw=())
+                       on_device=False, raw=(), values_checked=True)
 
     def wrap_result(self, result: LossResult) -> LossResult:
         """A host result as this input's backend returns it (gradient on the GPU for GPU input)."""
@@ -166,17 +181,44 @@ def validate_ranking(name: str, logits, labels, delta, *, labels_name: str, cont
         t_flat = labels if is_device_array(labels) else t.reshape(-1)
         raw = (logits, labels)
     else:
-        s = as_float_array(logits, "logits", copy=False)
-        t = as_float_array(labels, labels_name, copy=False)
+        keep = backend == "numba"  # the kernels read float32 / float64 as they are and check the values
+        s = _host_array(logits, "logits", keep)
+        t = _host_array(labels, labels_name, keep)
         check_same_shape(s, t, "logits", labels_name)
-        _check_labels_fast(t, labels_name, continuous)
         shape = s.shape
         s_flat, t_flat, raw = s.reshape(-1), t.reshape(-1), ()
     opts = check_ranking_options(delta, self_rank=self_rank, tie_value=tie_value, normalization=normalization,
                                  interpolated=interpolated, threshold=threshold, tied_negatives=tied_negatives)
     delta, self_value, interpolated, threshold = opts.delta, opts.self_value, opts.interpolated, opts.threshold
+    deferred = device or backend == "numba"
+    if not deferred:
+        check_ranking_values(s_flat, t_flat, labels_name, continuous)
     return RankingInput(name, shape, s_flat, t_flat, delta, labels_name, continuous, self_rank, float(tie_value),
-                        float(self_value), normalization, interpolated, threshold, tied_negatives, device, raw)
+                        float(self_value), normalization, interpolated, threshold, tied_negatives, device, raw,
+                        values_checked=not deferred)
+
+
+#: dtypes the numba kernels read in place (widened to float64 value by value, exactly)
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _host_array(x, name: str, keep: bool) -> np.ndarray:
+    """``x`` as a host array with its type, dtype and size checked, values not yet: a float32 /
+    float64 ndarray as it is when ``keep`` (the numba kernels read it in place: no float64 copy, which
+    at 50K logits costs more than the checks), anything else as float64."""
+    if keep and isinstance(x, np.ndarray) and x.dtype in _KERNEL_DTYPES:
+        if x.size == 0:
+            raise ValueError(f"{name} is empty; at least one element is required")
+        return x
+    return as_float_array(x, name, copy=False, check_finite=False)
+
+
+def check_ranking_values(logits: np.ndarray, targets: np.ndarray, labels_name: str, continuous: bool) -> None:
+    """The value checks of :func:`validate_ranking`: finite logits and labels, then labels 0/1 (or IoU
+    targets in [0, 1]).  O(n): reductions, the detailed (allocating) check only when they fail."""
+    check_finite_values(logits, "logits")
+    check_finite_values(targets, labels_name)
+    _check_labels_fast(targets, labels_name, continuous)
 
 
 @dataclass(frozen=True)

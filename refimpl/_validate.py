@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "as_float_array",
+    "check_finite_values",
     "check_same_shape",
     "check_delta",
     "check_binary_labels",
@@ -31,14 +32,16 @@ __all__ = [
 TIE_VALUE_CHOICES = (1.0, 0.5, 0.0)
 
 
-def as_float_array(x, name: str, allow_empty: bool = False, copy: bool = True) -> np.ndarray:
+def as_float_array(x, name: str, allow_empty: bool = False, copy: bool = True,
+                   check_finite: bool = True) -> np.ndarray:
     """Return ``x`` as a float64 ndarray (a copy, or with ``copy=False`` the array itself when it
     already is float64), or raise.
 
     Accepts anything ``numpy.asarray`` accepts (lists, NumPy arrays, CPU torch
     tensors).  Rejects GPU arrays, non-real dtypes, empty input (unless
-    ``allow_empty``) and NaN / Inf values.  Cost: O(n) time; the finiteness
-    check is two reductions (min, max) without a temporary unless it fails.
+    ``allow_empty``) and NaN / Inf values (``check_finite=False`` leaves the values to the
+    caller: :func:`check_finite_values`).  Cost: O(n) time; the finiteness check is two
+    reductions (min, max) without a temporary unless it fails.
     """
     if x is None:
         raise TypeError(f"{name} must be array-like (a list, NumPy array or tensor), got None")
@@ -62,10 +65,18 @@ def as_float_array(x, name: str, allow_empty: bool = False, copy: bool = True) -
     if arr.size == 0 and not allow_empty:
         raise ValueError(f"{name} is empty; at least one element is required")
     out = np.array(arr, dtype=np.float64, copy=True) if copy else np.asarray(arr, dtype=np.float64)
-    if out.size and not (np.isfinite(out.min()) and np.isfinite(out.max())):  # NaN propagates through min / max
-        bad = int(np.count_nonzero(~np.isfinite(out)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); all entries must be finite")
+    if check_finite:
+        check_finite_values(out, name)
     return out
+
+
+def check_finite_values(arr: np.ndarray, name: str) -> np.ndarray:
+    """Every entry of the real array ``arr`` must be finite.  Two reductions (min, max), no temporary
+    unless the check fails (then the message counts the bad entries)."""
+    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):  # NaN propagates through min / max
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); all entries must be finite")
+    return arr
 
 
 def _tensor_to_numpy(x, name: str) -> np.ndarray:

@@ -83,15 +83,18 @@ def numba_loss(name, logits, labels, delta, interpolated=False, *, self_rank, ti
     rec = get_record(name)
     x = validate_ranking(name, logits, labels, delta, labels_name=rec.labels_name, continuous=rec.continuous,
                          self_rank=self_rank, tie_value=tie_value, normalization=normalization,
-                         interpolated=interpolated, threshold=threshold, tied_negatives=tied_negatives)
+                         interpolated=interpolated, threshold=threshold, tied_negatives=tied_negatives,
+                         backend="numba")
     result = numba_ranking(x, parallel=parallel)
-    return rec.reference(x) if result is None else result
+    return rec.reference(x.on_host()) if result is None else result
 
 
 def numba_ranking(x: RankingInput, parallel=None):
     """One of the four losses on the CPU kernels; same result as the reference.
 
-    Takes the validated input of :func:`~rankspec.refimpl._inputs.validate_ranking`.
+    Takes the validated input of :func:`~rankspec.refimpl._inputs.validate_ranking` (for
+    ``backend="numba"``: float32 / float64 arrays read in place, their values checked by the first
+    pass, which raises the validator's error through :meth:`RankingInput.check_values`).
     Time O(N log P + P log P) worst case (O(N + P log P) expected: the lookup
     table makes placing a negative O(1) on average), extra memory O(N + P)
     (the gradient) plus O(T P) for T threads' slot histograms.  Returns None
@@ -105,8 +108,10 @@ def numba_ranking(x: RankingInput, parallel=None):
     nch = _threads(s.size, parallel)
     scan = K.scan_par if nch > 1 else K.scan_ser
     bad, npos, max_neg = scan(s, t, rec.continuous, nch)
-    if bad:  # pragma: no cover - the validator has checked every value
-        raise RuntimeError(f"{x.name}: the kernels found a value the validator accepted; please report this")
+    if bad:  # the first pass checks the values (the validator leaves them to it): raise the validator's error
+        x.check_values()
+        raise RuntimeError(  # pragma: no cover - the scan and the validator's value checks agree
+            f"{x.name}: the kernels rejected a value the validator accepts; please report this")
     P = int(npos.sum())
     if P == 0:
         return empty_result(x)
