@@ -352,3 +352,30 @@ def test_no_quadratic_memory_or_time(delta):
     assert np.isfinite(r.loss) and r.terms["num_positives"] == 60000
     # identity update: the gradient sums to zero (what negatives gain, positives lose)
     assert abs(r.grad.sum()) < 1e-9
+
+
+def _par_ser_pairs():
+    import importlib
+
+    pairs = []
+    for mod in ("rankspec.refimpl.fast.kernels.stages", "rankspec.refimpl.fast._pair_kernels",
+                "rankspec.refimpl.fast.ape"):
+        m = importlib.import_module(mod)
+        for name in dir(m):
+            if name.endswith("_par") and hasattr(getattr(m, name), "targetoptions"):
+                pairs.append((f"{mod}.{name}", getattr(m, name), getattr(m, name[:-4] + "_ser")))
+    return pairs
+
+
+def test_parallel_and_serial_kernels_have_cache_entries_of_their_own():
+    # numba's on-disk cache keys an entry by function name, source line and argument types, not by
+    # the parallel flag: one function compiled twice shares one entry, and the multi-threaded kernel
+    # then loads the single-threaded code from the cache (it happened: every *_par kernel ran on one
+    # thread after the first run).  Each variant must have its own name, hence its own index file.
+    pairs = _par_ser_pairs()
+    assert len(pairs) >= 10
+    for name, par, ser in pairs:
+        assert par.targetoptions.get("parallel") is True and not ser.targetoptions.get("parallel"), name
+        assert par.py_func.__qualname__ != ser.py_func.__qualname__, name
+        if getattr(par, "_cache", None) is not None and hasattr(par._cache, "_cache_file"):
+            assert par._cache._cache_file._index_name != ser._cache._cache_file._index_name, name

@@ -96,8 +96,9 @@ def numba_ranking(x: RankingInput, parallel=None):
     ``backend="numba"``: float32 / float64 arrays read in place, their values checked by the first
     pass, which raises the validator's error through :meth:`RankingInput.check_values`).
     Time O(N log P + P log P) worst case (O(N + P log P) expected: the lookup
-    table makes placing a negative O(1) on average), extra memory O(N + P)
-    (the gradient) plus O(T P) for T threads' slot histograms.  Returns None
+    table makes placing a negative O(1) on average), extra memory O(N + P):
+    the gradient (8 bytes per logit) and the stored slot of every logit (2 bytes per logit
+    below 2^15 slots, else 4), plus O(T P) for T threads' slot histograms.  Returns None
     for ill-conditioned calls (:func:`ill_conditioned`: delta below 2^-16 of the
     largest logit that enters the sums): the record then runs the reference.
     """
@@ -133,11 +134,18 @@ def numba_ranking(x: RankingInput, parallel=None):
     interp = x.interpolated
 
     if not rec.bucketed:
+        # the slot of every element is stored by the histogram pass and read back by the gradient
+        # pass (one table lookup per logit); both big arrays are allocated by NumPy, whose large
+        # allocations use huge pages where the kernel allows (far fewer page faults than numba's)
+        kslot = np.empty(s.size, K.slot_dtype(nsl))
         hist = K.hist_par if nch > 1 else K.hist_ser
-        cnt, sm = hist(s, t, tb, x.exact, nsl, nch)
+        cnt, sm = hist(s, t, tb, x.exact, nsl, kslot, nch)
         A, B, gpos, rsum, ssum = K.positive_stage(p, y, rec.with_sort, cnt, sm, b, x.exact, x.delta, x.tie_value,
                                                   x.self_value, interp, max_neg, invZ)
-        grad = (K.grad_par if nch > 1 else K.grad_ser)(s, t, tb, x.exact, A, B, nch)
+        grad = np.empty(s.size)
+        sc = float(K.sum_scale(float(b[0]), float(b[-1])))
+        (K.grad_par if nch > 1 else K.grad_ser)(s, kslot, sc, A, B, grad, nch)
+        del kslot
         grad[idx[order]] = gpos
         return pack_result(x, grad.reshape(shape), rsum, ssum, P, Z)
 
@@ -158,6 +166,6 @@ def numba_ranking(x: RankingInput, parallel=None):
     v = np.zeros(p.size + 1)
     v[used] = K.slot_values(proto, tb, x.exact, A, B)
     bgrad = K.bucket_grad_par if nch > 1 else K.bucket_grad_ser
-    grad = bgrad(kidx, v, nch)
+    grad = bgrad(kidx, v, np.empty(s.size), nch)
     grad[idx[order]] = gpos
     return pack_result(x, grad.reshape(shape), rsum, ssum, P, Z, num_buckets=used.size)

@@ -26,22 +26,36 @@ first_valid, last_valid_positive = S.first_valid, S.last_valid_positive
 cell, count_table, slot_index, sum_scale = S.cell, S.count_table, S.slot_index, S.sum_scale
 
 
-def specialise(fn, name, **constants):
-    """``fn`` compiled with ``constants`` as compile-time globals (numba freezes global values), as a
-    function of its own name ``name`` (so that numba's on-disk cache keeps the variants apart).  For
-    flags that must not be run-time arguments of an O(N) loop: numba compiles such a loop several
-    times slower than its two specialisations."""
+def _renamed(fn, name, **constants):
+    """A copy of the Python function ``fn`` named ``name``, with ``constants`` as extra globals."""
     env = dict(fn.__globals__)
     env.update(constants)
     clone = types.FunctionType(fn.__code__, env, name, fn.__defaults__, fn.__closure__)
     clone.__qualname__ = name
     clone.__doc__ = fn.__doc__
-    return njit(**_OPTS)(clone)
+    clone.__module__ = fn.__module__
+    return clone
+
+
+def specialise(fn, name, **constants):
+    """``fn`` compiled with ``constants`` as compile-time globals (numba freezes global values), as a
+    function of its own name ``name`` (so that numba's on-disk cache keeps the variants apart).  For
+    flags that must not be run-time arguments of an O(N) loop: numba compiles such a loop several
+    times slower than its two specialisations."""
+    return njit(**_OPTS)(_renamed(fn, name, **constants))
 
 
 def par_ser(impl):
-    """(multi-threaded, single-threaded) numba compilations of a kernel written with ``prange``."""
-    return njit(parallel=True, **_OPTS)(impl), njit(**_OPTS)(impl)
+    """(multi-threaded, single-threaded) numba compilations of a kernel written with ``prange``.
+
+    The two are compiled from copies of ``impl`` with names of their own (``<name>_par``,
+    ``<name>_ser``): numba's on-disk cache keys an entry by the function's name, source line and
+    argument types, not by the ``parallel`` flag, so two compilations of one function would share
+    one cache entry and whichever was compiled first would be loaded for both (the multi-threaded
+    kernels then ran on one thread: ``tests/test_fast.py`` checks that the two stay apart)."""
+    name = impl.__name__
+    return (njit(parallel=True, **_OPTS)(_renamed(impl, name + "_par")),
+            njit(**_OPTS)(_renamed(impl, name + "_ser")))
 
 
 # --------------------------------------------------------------------------- prefix sums

@@ -92,11 +92,14 @@ EXACT = False
 GRAD = False
 
 
-def _slot_pass(s, t, tb, cnt, sm, A, B, g):
+def _slot_pass(s, t, tb, cs, kidx):
     """One O(N) pass over a chunk (slices of the logits ``s`` and labels ``t``): every negative at or
-    above the first boundary is placed in its slot k; ``GRAD``: ``g = A_k + B_k s`` (0 for the
-    others), else its count and logit sum are added to ``cnt[k]``, ``sm[k]``.  Logits enter the sums
-    in units of :func:`.scalar.sum_scale`.
+    above the first boundary is placed in its slot k, which is stored in ``kidx`` (-1 for positives
+    and for negatives below the first boundary), and its count and logit sum are added to ``cs[2 k]``,
+    ``cs[2 k + 1]``.  Logits enter the sums in units of :func:`.scalar.sum_scale`.  The gradient pass
+    (:func:`_grad_impl`) reads the stored slots instead of looking them up again: the lookup is the
+    costly part of both passes (at 3e7 logits the second lookup cost more than the whole stored-slot
+    gradient pass, ``rankspec bench --large``).
 
     The table lookup is :func:`.scalar.count_table` and :func:`.scalar.slot_index` written out:
     numba compiles this loop around the inlined helpers 3-5x slower at delta = 0 (measured with
@@ -104,7 +107,8 @@ def _slot_pass(s, t, tb, cnt, sm, A, B, g):
     N = 50000), and a loop over ``range(i0, i1)`` instead of a slice several times slower too.
     Invariants (no bounds checks needed): ``cell`` clamps to [0, G) and maps NaN to 0; below the
     last boundary at most the 4 +inf pads follow the cell's values, none of them <= x, so
-    ``r <= nb - 1``; ``k <= 2 nb`` (exact) or ``<= nb``, within the ``nb + 1`` / ``2 nb + 1`` slots."""
+    ``r <= nb - 1``; ``k <= 2 nb`` (exact) or ``<= nb``, within the ``nb + 1`` / ``2 nb + 1`` slots
+    (and within ``kidx``'s integer type: the caller picks int16 only for fewer than 2^15 slots)."""
     bp, nb, start, lo, invw, G, fast = tb
     b0 = bp[0]
     blast = bp[nb - 1]
@@ -112,8 +116,7 @@ def _slot_pass(s, t, tb, cnt, sm, A, B, g):
     for i in range(s.size):
         x = np.float64(s[i])
         if t[i] > 0 or x < b0:
-            if GRAD:
-                g[i] = 0.0
+            kidx[i] = -1
             continue
         if x >= blast:
             r = nb
@@ -126,11 +129,12 @@ def _slot_pass(s, t, tb, cnt, sm, A, B, g):
             else:
                 c = int(f)
             r = start[c]
+            e = start[c + 1]
             if fast:
-                r += (np.int64(bp[r] <= x) + np.int64(bp[r + 1] <= x) + np.int64(bp[r + 2] <= x)
-                      + np.int64(bp[r + 3] <= x))
+                if e != r:  # most cells hold no boundary: then r is the count (no comparison)
+                    r += (np.int64(bp[r] <= x) + np.int64(bp[r + 1] <= x) + np.int64(bp[r + 2] <= x)
+                          + np.int64(bp[r + 3] <= x))
             else:
-                e = start[c + 1]
                 while r < e:
                     m = (r + e) >> 1
                     if bp[m] <= x:
@@ -143,55 +147,60 @@ def _slot_pass(s, t, tb, cnt, sm, A, B, g):
                 k = 2 * r - 1
             else:
                 k = 2 * r
-        if GRAD:
-            g[i] = A[k] + B[k] * (x * sc)
-        else:
-            cnt[k] += 1.0
-            sm[k] += x * sc
+        kidx[i] = k
+        cs[2 * k] += 1.0  # count and logit sum of slot k side by side: one cache line per update
+        cs[2 * k + 1] += x * sc
 
 
-_PASSES = {(e, gr): specialise(_slot_pass, f"_slot_pass_{'exact' if e else 'delta'}_{'grad' if gr else 'hist'}",
-                               EXACT=e, GRAD=gr) for e in (False, True) for gr in (False, True)}
-_hist_delta, _hist_exact = _PASSES[False, False], _PASSES[True, False]
-_grad_delta, _grad_exact = _PASSES[False, True], _PASSES[True, True]
-_NONE = np.zeros(0)
+_hist_delta = specialise(_slot_pass, "_slot_pass_delta", EXACT=False)
+_hist_exact = specialise(_slot_pass, "_slot_pass_exact", EXACT=True)
 
 
-def _hist_impl(s, t, tb, exact, nsl, nch):
+def slot_dtype(nsl: int):
+    """The integer type of the stored slot indices: int16 below 2^15 slots (a quarter of the
+    gradient's memory traffic), else int32 (else int64)."""
+    if nsl < 2 ** 15:
+        return np.int16
+    return np.int32 if nsl < 2 ** 31 else np.int64
+
+
+def _hist_impl(s, t, tb, exact, nsl, kidx, nch):
     """Count and logit sum (in units of :func:`.primitives.table_scale`) of the negatives in
-    every slot (O(N), one table lookup each; negatives below the first boundary cost one
-    comparison)."""
+    every slot, and the slot of every element in ``kidx`` (-1: a positive or a negative below the
+    first boundary).  O(N), one table lookup each; negatives below the first boundary cost one
+    comparison."""
     n = s.size
-    cnt = np.zeros((nch, nsl))
-    sm = np.zeros((nch, nsl))
+    cs = np.zeros((nch, 2 * nsl))
     for c in prange(nch):
         i0 = c * n // nch
         i1 = (c + 1) * n // nch
         if exact:
-            _hist_exact(s[i0:i1], t[i0:i1], tb, cnt[c], sm[c], _NONE, _NONE, _NONE)
+            _hist_exact(s[i0:i1], t[i0:i1], tb, cs[c], kidx[i0:i1])
         else:
-            _hist_delta(s[i0:i1], t[i0:i1], tb, cnt[c], sm[c], _NONE, _NONE, _NONE)
-    for c in range(1, nch):
+            _hist_delta(s[i0:i1], t[i0:i1], tb, cs[c], kidx[i0:i1])
+    cnt = np.zeros(nsl)
+    sm = np.zeros(nsl)
+    for c in range(nch):
         for k in range(nsl):
-            cnt[0, k] += cnt[c, k]
-            sm[0, k] += sm[c, k]
-    return cnt[0].copy(), sm[0].copy()
+            cnt[k] += cs[c, 2 * k]
+            sm[k] += cs[c, 2 * k + 1]
+    return cnt, sm
 
 
-def _grad_impl(s, t, tb, exact, A, B, nch):
-    """Gradient of every negative, ``A_k + B_k * s_j`` in its slot k (``s_j`` in units of
-    :func:`.primitives.table_scale`); 0 for positives (filled in afterwards) and for negatives
-    below the first boundary."""
+def _grad_impl(s, kidx, sc, A, B, g, nch):
+    """Gradient of every negative into ``g``: ``A_k + B_k * s_j`` in its stored slot k (``s_j``
+    in units ``sc`` of :func:`.primitives.table_scale`); 0 where ``kidx`` is -1 (positives, filled
+    in afterwards, and negatives below the first boundary).  O(N), streaming (no lookup)."""
     n = s.size
-    g = np.empty(n)
     for c in prange(nch):
         i0 = c * n // nch
         i1 = (c + 1) * n // nch
-        if exact:
-            _grad_exact(s[i0:i1], t[i0:i1], tb, _NONE, _NONE, A, B, g[i0:i1])
-        else:
-            _grad_delta(s[i0:i1], t[i0:i1], tb, _NONE, _NONE, A, B, g[i0:i1])
-    return g
+        for i in range(i0, i1):
+            k = kidx[i]
+            if k < 0:
+                g[i] = 0.0
+            else:
+                g[i] = A[k] + B[k] * (np.float64(s[i]) * sc)
 
 
 def _assign_pass(s, t, tb, cum, thr, kidx):
@@ -257,11 +266,10 @@ def _bucket_assign_impl(s, t, tb, cum, thr, above, kidx, nch):
             _assign_strict(s[i0:i1], t[i0:i1], tb, cum, thr, kidx[i0:i1])
 
 
-def _bucket_grad_impl(kidx, v, nch):
-    """Bucketed gradient: every relevant negative gets its bucket's per-member value ``v[k]``;
-    0 for positives (filled in afterwards) and for ignored negatives."""
+def _bucket_grad_impl(kidx, v, g, nch):
+    """Bucketed gradient into ``g``: every relevant negative gets its bucket's per-member value
+    ``v[k]``; 0 for positives (filled in afterwards) and for ignored negatives."""
     n = kidx.size
-    g = np.empty(n)
     for c in prange(nch):
         i0 = c * n // nch
         i1 = (c + 1) * n // nch
