@@ -108,7 +108,11 @@ def numba_ranking(x: RankingInput, parallel=None):
     t = np.ascontiguousarray(x.targets)
     nch = _threads(s.size, parallel)
     scan = K.scan_par if nch > 1 else K.scan_ser
-    bad, npos, max_neg = scan(s, t, rec.continuous, nch)
+    # room for the indices of up to 1/32 of the logits as positives (untouched pages cost nothing):
+    # with no more positives than that, the scan also gathers them (no second pass)
+    cap = min(-(-s.size // nch), max(4096, s.size // (32 * nch)))
+    found = np.empty((nch, cap), np.int64)
+    bad, npos, max_neg = scan(s, t, rec.continuous, nch, found)
     if bad:  # the first pass checks the values (the validator leaves them to it): raise the validator's error
         x.check_values()
         raise RuntimeError(  # pragma: no cover - the scan and the validator's value checks agree
@@ -119,8 +123,13 @@ def numba_ranking(x: RankingInput, parallel=None):
     Z = normalizer(P, x.normalization)
     invZ = 1.0 / Z
 
-    collect = K.collect_par if nch > 1 else K.collect_ser
-    idx, pv, py = collect(s, t, npos, nch)
+    if int(npos.max()) <= cap:
+        idx = np.concatenate([found[c, :npos[c]] for c in range(nch)]) if nch > 1 else found[0, :P].copy()
+        pv, py = s[idx].astype(np.float64), t[idx].astype(np.float64)
+    else:
+        collect = K.collect_par if nch > 1 else K.collect_ser
+        idx, pv, py = collect(s, t, npos, nch)
+    del found
     # ties among positives need no stable order: tied positives have identical counts,
     # errors and gradients (the interpolated running max is the same in either order)
     order = np.argsort(pv)

@@ -36,10 +36,13 @@ from .primitives import (_OPTS, classify, count_table, dd_diff, fenwick_add, fen
 
 # --------------------------------------------------------------------------- O(N) passes
 
-def _scan_impl(s, t, iou, nch):
+def _scan_impl(s, t, iou, nch, found):
     """Validate (finite logits; labels in {0, 1} or targets in [0, 1]), count
-    positives per chunk, and find the largest negative logit."""
+    positives per chunk, find the largest negative logit, and record the indices of the
+    first ``found.shape[1]`` positives of every chunk c in ``found[c]`` (when no chunk has more,
+    the positives are known without a second pass: :func:`_collect_impl` is for the others)."""
     n = s.size
+    cap = found.shape[1]
     bad = np.zeros(nch, np.int64)
     npos = np.zeros(nch, np.int64)
     mx = np.full(nch, -np.inf)
@@ -54,7 +57,10 @@ def _scan_impl(s, t, iou, nch):
             y = np.float64(t[i])
             b, pos = classify(x, y, iou)
             nbad += b
-            npc += pos
+            if pos:
+                if npc < cap:
+                    found[c, npc] = i
+                npc += 1
             if y == 0.0 and x > m:
                 m = x
         bad[c] = nbad
