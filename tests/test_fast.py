@@ -379,3 +379,24 @@ def test_parallel_and_serial_kernels_have_cache_entries_of_their_own():
         assert par.py_func.__qualname__ != ser.py_func.__qualname__, name
         if getattr(par, "_cache", None) is not None and hasattr(par._cache, "_cache_file"):
             assert par._cache._cache_file._index_name != ser._cache._cache_file._index_name, name
+
+
+@pytest.mark.parametrize("name", list(LOSS_FUNCS))
+@pytest.mark.parametrize("n, frac", [(5000, 0.9), (9000, 0.02), (300_000, 0.05)])
+def test_numba_gathers_positives_in_the_scan_or_in_a_second_pass(name, n, frac):
+    """The scan records up to max(4096, n / 32) positives per chunk; more (0.9 of 5000 logits, 0.05 of
+    300K: 15000 > 300000 / 32) take the second gathering pass.  Both give the reference's numbers,
+    serial and multi-threaded (2 chunks)."""
+    rng = np.random.default_rng(zlib.crc32(f"{name}-{n}-{frac}".encode()))
+    s = rng.normal(0.0, 1.0, n).astype(np.float32)
+    t = np.where(rng.random(n) < frac, 1.0 - rng.random(n), 0.0).astype(np.float32)
+    y = labels_for(name, t)
+    fn = LOSS_FUNCS[name][0]
+    kw = dict(self_rank="one", tie_value=1.0, normalization="positives")
+    ref = fn(s.astype(np.float64), y.astype(np.float64), 0.5, **kw) if n <= 10_000 else None
+    serial = numba_loss(FULL_NAMES[name], s, y, 0.5, parallel=False, **kw)
+    threads = numba_loss(FULL_NAMES[name], s, y, 0.5, parallel=True, **kw)
+    assert abs(serial.loss - threads.loss) <= 1e-12 * max(1.0, abs(serial.loss))
+    assert np.allclose(serial.grad, threads.grad, rtol=1e-10, atol=1e-14)
+    if ref is not None:
+        assert_matches(ref, serial, TOL64)
