@@ -98,7 +98,7 @@ def torch_engine_rows(repeats=5, cases=((100_000, 5000), (1_000_000, 1000)), see
     return rows
 
 
-def large_rows(repeats=2, L=30_000_000, P=3000, seed=0):
+def large_rows(repeats=5, L=30_000_000, P=3000, seed=0):
     from rankspec.refimpl import rs_loss
 
     rng = np.random.default_rng(seed)
@@ -213,7 +213,7 @@ def run_extra(args):
     if args.torch_engine:
         rows += torch_engine_rows(repeats=repeats)
     if args.large:
-        rows += large_rows(repeats=min(repeats, 3))
+        rows += large_rows(repeats=repeats)
     from .bench import machine_info
 
     report = {"machine": machine_info(), "rows": rows}

@@ -83,21 +83,41 @@ class _Prefix:
     ``sum x[lo:hi] = (head[hi] - head[lo]) + (tail[hi] - tail[lo])`` with an
     error of order eps * |window sum| + eps^2 * |total|, instead of
     eps * |total| for plain prefix differences.  Time and memory O(len(x)).
+    Sums along ``dim`` (x may be (n, columns...)); :meth:`range` and :meth:`between` need ``dim=0``.
     """
 
-    def __init__(self, x: torch.Tensor):
-        zero = x.new_zeros((1,) + tuple(x.shape[1:]))  # x may be (n, columns): sums along dim 0
-        head = torch.cat([zero, torch.cumsum(x, 0)])
-        a, b = head[1:], -head[:-1]
-        step = a + b  # fl(head_k - head_{k-1})
+    def __init__(self, x: torch.Tensor, dim: int = 0):
+        n = x.shape[dim]
+        shape = list(x.shape)
+        shape[dim] = n + 1
+        head = x.new_empty(shape)
+        head.narrow(dim, 0, 1).zero_()
+        torch.cumsum(x, dim, out=head.narrow(dim, 1, n))
+        a, h0 = head.narrow(dim, 1, n), head.narrow(dim, 0, n)
+        step = a - h0  # fl(head_k - head_{k-1})
         bv = step - a
-        err = (a - (step - bv)) + (b - bv)  # TwoSum: step + err == head_k - head_{k-1} exactly
-        defect = (x - step) - err
-        self.head = head
-        self.tail = torch.cat([zero, torch.cumsum(defect, 0)])
+        # TwoSum of a and -h0: step + err == head_k - head_{k-1} exactly, err = (a - (step - bv)) - (h0 + bv)
+        err = torch.sub(a, step - bv)
+        err.sub_(bv.add_(h0))
+        defect = torch.sub(x, step, out=step).sub_(err)  # (x - step) - err  (in place: fewer temporaries)
+        tail = torch.empty_like(head)
+        tail.narrow(dim, 0, 1).zero_()
+        torch.cumsum(defect, dim, out=tail.narrow(dim, 1, n))
+        self.head, self.tail = head, tail
 
     def range(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        return (self.head[hi] - self.head[lo]) + (self.tail[hi] - self.tail[lo])
+        if lo.dim() != 1 or hi.dim() != 1:
+            return (self.head[hi] - self.head[lo]) + (self.tail[hi] - self.tail[lo])
+        h, t = self.head.index_select, self.tail.index_select  # (faster than indexing on the CPU)
+        return (h(0, hi) - h(0, lo)) + (t(0, hi) - t(0, lo))
+
+    def between(self, idx: torch.Tensor) -> torch.Tensor:
+        """Sums over the consecutive ranges ``[idx[k], idx[k + 1])`` (idx: (m, Q) positions, each row
+        contiguous): shape (m - 1, Q) + the trailing shape of x."""
+        shape = tuple(idx.shape) + tuple(self.head.shape[1:])
+        h = self.head.index_select(0, idx.view(-1)).view(shape)
+        t = self.tail.index_select(0, idx.view(-1)).view(shape)
+        return torch.sub(h[1:], h[:-1]).add_(t[1:] - t[:-1])  # (head[b] - head[a]) + (tail[b] - tail[a])
 
 
 def _keys(num_segments: int, *pairs):
@@ -376,16 +396,17 @@ def _sorting_part_sorted(sp, yp, gp, num_segments, delta, self_value, tie_value,
 
 
 # --------------------------------------------------------------------------- near-linear hot path
-# Item "near-linear torch engine": negatives are never sorted.  The positives (P of them) are sorted,
-# and the 2P (delta > 0: 3P with the logits themselves) *boundaries* s_i - delta, s_i, s_i + delta
-# cut the line into slots; a negative's slot is its half-rank among the boundaries, read from a
-# uniform-grid table (:class:`_GridRank`: O(1) per negative, ``searchsorted`` where boundaries crowd).
-# H is linear in the negative's logit inside a slot, so counts and centred logit sums per slot
-# (``index_add``, O(N)) give N_FP of every positive from prefix sums over slots, and each negative's
-# gradient is ``A_k + B_k (t - c)`` with per-slot coefficients from prefix sums over the sorted
-# positives.  The RS sorting part (sums over pairs of positives restricted to lower / higher IoU)
-# walks a wavelet matrix over the positives' IoU ranks in logit order (:class:`_WaveletMatrix`):
-# O(P log P) time and memory.  Total O(N + P log P) time, O(N + P log P) memory.
+# Item "near-linear torch engine": negatives are never sorted.  The 3P (delta == 0: P) *boundaries*
+# s_i - delta, s_i, s_i + delta of the positives cut the line into slots (:class:`_Slots`: a sort of
+# the positives and a ``unique`` of the boundaries, which also places every positive); a negative's
+# slot is its half-rank among the boundaries, read from a uniform-grid table (:class:`_GridRank`:
+# O(1) per negative, ``searchsorted`` where boundaries crowd).  H is linear in a logit inside a slot, so
+# weights and centred logit sums per slot (``index_add``, O(N + P)) give N_FP and rank^+ of every
+# positive from prefix sums over slots, and each negative's gradient is ``A_k + B_k (t - c)`` with
+# per-slot coefficients from prefix sums over slots of the positives' coefficients.  The RS sorting
+# part (sums over pairs of positives restricted to lower / higher IoU) walks a wavelet matrix over
+# the positives' IoU ranks in logit order (:class:`_WaveletMatrix`): O(P log P) time and memory, in
+# O(log P) vectorised steps.  Total O(N + P log P) time, O(N + P log P) memory.
 
 def _halfrank(sorted_vals: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """``#(v < q) + #(v <= q)`` over a sorted array: 2m + 1 for q equal to its m-th distinct value,
@@ -408,9 +429,11 @@ class _GridRank:
     A monotone map ``cell(x) = round(clamp((x - u_0) / h, 0, C - 1))`` (C = cells) sends each
     query to a cell; every u with ``cell(u) < cell(x)`` is < x and every u with ``cell(u) >
     cell(x)`` is > x (monotonicity of the rounded arithmetic), so ``#(u < x)`` is the count of
-    values in lower cells (a table) plus a comparison with the <= K values of x's own cell (K
-    vectorised steps).  Exact, no search: O(C + |u|) set-up, O(K) per query.  Falls back to
-    ``searchsorted`` where the values crowd (K > :data:`GRID_MAX_PER_CELL`) or the scale is degenerate."""
+    values in lower cells (a table) plus comparisons with the <= K values of x's own cell, made
+    only for the queries whose cell holds any (with :data:`GRID_CELLS_PER_VALUE` cells per value,
+    most cells are empty).  Exact, no search: O(C + |u|) set-up, O(1) per query plus O(K) per query
+    in an occupied cell.  Falls back to ``searchsorted`` where the values crowd
+    (K > :data:`GRID_MAX_PER_CELL`) or the scale is degenerate."""
 
     def __init__(self, u):
         self.u = u
@@ -424,52 +447,84 @@ class _GridRank:
         if not (0.0 < inv < float("inf")) or not (0.0 < (hi - lo) * inv < float("inf")):
             return
         self.lo, self.inv, self.C = lo, inv, C
-        cu = self.cell(u)
-        self.first = torch.searchsorted(cu, torch.arange(C + 1, dtype=torch.int64, device=u.device))
-        self.K = int((self.first[1:] - self.first[:-1]).max())
+        self.count = torch.bincount(self.cell(u), minlength=C)  # values per cell
+        self.below = torch.cumsum(self.count, 0) - self.count  # values in lower cells
+        self.K = int(self.count.max())
         self.ok = self.K <= GRID_MAX_PER_CELL
 
     def cell(self, x):
-        y = torch.clamp((x - self.lo) * self.inv, 0.0, float(self.C - 1)) + _MAGIC
-        return y.view(torch.int64) - _MAGIC_BITS
+        y = (x - self.lo).mul_(self.inv).clamp_(0.0, float(self.C - 1)).add_(_MAGIC)
+        return y.view(torch.int64).sub_(_MAGIC_BITS)
 
     def halfrank(self, x):
         if not self.ok:
             return _halfrank(self.u, x)
         c = self.cell(x)
-        f = self.first[c]
-        cnt = self.first[c + 1] - f
-        lt = f
-        eq = torch.zeros_like(f)
-        last = self.u.numel() - 1
-        for k in range(self.K):
-            inb = cnt > k
-            v = self.u[torch.clamp(f + k, max=last)]
-            lt = lt + (inb & (v < x))
-            eq = eq + (inb & (v == x))
-        return 2 * lt + eq
+        h = self.below.index_select(0, c).mul_(2)
+        busy = torch.nonzero(self.count.index_select(0, c)).squeeze(1)  # queries in an occupied cell
+        if busy.numel():
+            xb, cb = x.index_select(0, busy), c.index_select(0, busy)
+            f, cnt = self.below.index_select(0, cb), self.count.index_select(0, cb)
+            last = self.u.numel() - 1
+            add = torch.zeros_like(f)
+            for k in range(self.K):  # the k-th value of the cell: 2 if below x, 1 if equal
+                v = self.u.index_select(0, torch.clamp(f + k, max=last))
+                add += ((v < xb).long() + (v <= xb).long()) * (cnt > k)
+            h.index_add_(0, busy, add)
+        return h
 
 
 class _Slots:
-    """Slots cut by the boundaries of every image (values ``bounds`` of segments ``bseg``).
+    """Slots cut by the boundaries ``s_i - delta, s_i, s_i + delta`` (delta == 0: ``s_i``) of the
+    positives of every image, and where the positives lie among them.
 
-    ``slot(v, g)`` is the slot of value v of image g: one value per boundary (odd slots, "ties")
-    and the open gaps between them (even slots).  For several images every image's slots are
-    separated by a sentinel, so no slot is shared.  O(B log B) set-up, O(log B) per lookup."""
+    One slot per distinct boundary value (odd slots, "ties") and the open gaps between them (even
+    slots); for several images every image's slots are separated by a sentinel, so no slot is
+    shared and slots follow (image, value) order.  ``eq``, ``lo``, ``hi``: slots of s_i,
+    s_i - delta and s_i + delta (delta > 0), with ``lo <= eq < hi`` (where delta is below half an
+    ulp of s_i, s_i +- delta round to s_i: then ``hi = eq + 1`` and the window holds exactly the
+    values equal to s_i).  ``perm``: the positives in (image, logit) order (stable); ``before[k]``:
+    the positives in slots < k, i.e. positions in that order.  O(P log P) set-up (a sort of the
+    positives and a ``unique`` of their boundaries, which also gives the positives' slots); the slot
+    of another value O(1) (:class:`_GridRank`), O(log P) for several images."""
 
-    def __init__(self, bounds, bseg, num_segments):
+    def __init__(self, sp, gp, num_segments, delta):
+        P = sp.numel()
         self.G = num_segments
-        self.uniq = torch.unique(bounds)  # sorted
+        perm = torch.sort(sp, stable=True).indices
+        if num_segments > 1:
+            perm = perm[torch.sort(gp[perm], stable=True).indices]
+        self.perm = perm
+        # the boundaries of the positives in that order (sorted runs: a cheaper unique)
+        s, gp = sp[perm], gp[perm]
+        bounds = torch.cat([s - delta, s, s + delta]) if delta > 0 else s
+        self.uniq, inv = torch.unique(bounds, sorted=True, return_inverse=True)
         self.grid = _GridRank(self.uniq)
         if num_segments == 1:
             self.n = 2 * self.uniq.numel() + 1
-            return
-        self.width = 2 * self.uniq.numel() + 2
-        sentinels = torch.arange(num_segments + 1, device=bounds.device) * self.width
-        self.B = torch.unique(torch.cat([bseg * self.width + 1 + _halfrank(self.uniq, bounds), sentinels]))
-        self.n = 2 * self.B.numel() + 1
-        # slot range of image g: [first[g], first[g + 1])  (the sentinel slots hold nothing)
-        self.first = 2 * torch.searchsorted(self.B, sentinels) + 2
+            slot = 2 * inv + 1  # the half-rank of the m-th distinct value
+        else:
+            self.width = 2 * self.uniq.numel() + 2
+            sentinels = torch.arange(num_segments + 1, device=sp.device) * self.width
+            bseg = gp.repeat(3) if delta > 0 else gp
+            # key of a boundary: segment * width + 1 + its half-rank among all boundaries
+            self.B, inv_b = torch.unique(torch.cat([bseg * self.width + 2 + 2 * inv, sentinels]), sorted=True,
+                                         return_inverse=True)
+            self.n = 2 * self.B.numel() + 1
+            # slot range of image g: [first[g], first[g + 1])  (the sentinel slots hold nothing)
+            self.first = 2 * inv_b[bounds.numel():] + 2
+            slot = 2 * inv_b[:bounds.numel()] + 1
+        slot = torch.empty_like(slot).view(-1, P).index_copy_(1, perm, slot.view(-1, P))  # to the input order
+        if delta > 0:
+            lo, self.eq, hi = slot
+            self.lo, self.hi = torch.minimum(lo, self.eq), torch.maximum(hi, self.eq + 1)
+        else:
+            self.eq, self.lo, self.hi = slot[0], None, None
+
+    @property
+    def before(self):
+        counts = torch.bincount(self.eq, minlength=self.n)
+        return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
 
     def slot(self, v, g):
         h = self.grid.halfrank(v)
@@ -483,98 +538,105 @@ class _Slots:
             return torch.zeros_like(g), torch.full_like(g, self.n)
         return self.first[g], self.first[g + 1] - 1
 
-    def segment_of_slots(self):
-        """Image of every slot (sentinel slots: the image above them)."""
+    def first_of_slots(self):
+        """First slot of every slot's image (sentinel slots: of the image above them)."""
+        device = self.uniq.device
         if self.G == 1:
-            return torch.zeros(self.n, dtype=torch.int64, device=self.uniq.device)
-        k = torch.arange(self.n, device=self.uniq.device)
-        return torch.clamp(torch.searchsorted(self.first, k, right=True) - 1, 0, self.G - 1)
+            return torch.zeros(self.n, dtype=torch.int64, device=device)
+        k = torch.arange(self.n, device=device)
+        return self.first[torch.clamp(torch.searchsorted(self.first, k, right=True) - 1, 0, self.G - 1)]
 
 
 def _linear_ranking_part(sp, gp, sn, gn, wn, num_segments, delta, self_value, tie_value, interpolated, scale,
-                         centre):
-    """:func:`_ranking_part` without sorting the negatives (see the block comment above).
+                         centre, slots):
+    """:func:`_ranking_part` without sorting the negatives (see the block comment above); ``slots``:
+    the :class:`_Slots` of the positives; ``wn`` None: unit weights; ``gn`` is not read for one image.
 
     Time O(N + P log P) (grid slot lookup; O(N log P) where boundaries crowd), memory O(N + P).
     Sums of ``t - centre`` per slot: used only where
     ``2 eps (span + 2 delta) / delta <= PIECE_RTOL`` (else the offset-tree path)."""
     G = num_segments
     device = sp.device
-    # the positives in (image, logit) order, and their step sums among themselves (rank^+)
-    if delta > 0:
-        kp, kp_lo, kp_hi = _keys(G, (sp, gp), (sp - delta, gp), (sp + delta, gp))
-        bounds, bseg = torch.cat([sp - delta, sp, sp + delta]), gp.repeat(3)
-    else:
-        (kp,), kp_lo, kp_hi = _keys(G, (sp, gp)), None, None
-        bounds, bseg = sp, gp
-    poss = _Sorted(kp, sp, torch.ones_like(sp), gp, G, delta)
-    all_pos, _ = poss.step_sums(kp, sp, gp, delta, tie_value, kp_lo, kp_hi)
-    rank_plus = all_pos - (0.5 if delta > 0 else tie_value) + self_value
-
-    # negatives: slot, count and centred logit sum per slot (no sort)
-    slots = _Slots(bounds, bseg, G)
+    n, k_eq = slots.n, slots.eq
     kn = slots.slot(sn, gn)
-    C = torch.zeros(slots.n, dtype=F64, device=device).index_add_(0, kn, wn)
-    W = _Prefix(C)
-    k_eq = slots.slot(sp, gp)
-    start, end = slots.bounds_of(gp)
-    w_eq = C[k_eq]
-    if delta == 0:  # N_FP(i) = #(t > s_i) + tie_value #(t == s_i)
-        n_fp = W.range(k_eq + 1, end) + tie_value * w_eq
+    _, end = slots.bounds_of(gp)
+    q, tn = sp - centre, sn - centre
+    # per slot: weight and centred logit sum of the negatives (group 0) and of the positives (group 1)
+    hist = torch.zeros((n, 2, 2 if delta > 0 else 1), dtype=F64, device=device)
+    if wn is None:
+        hist[:, 0, 0] = torch.bincount(kn, minlength=n)
     else:
-        X = _Prefix(torch.zeros(slots.n, dtype=F64, device=device).index_add_(0, kn, wn * (sn - centre)))
-        # (where delta is below half an ulp of s_i, s_i +- delta round to s_i: the window still
-        # holds exactly the values equal to s_i)
-        k_lo = torch.minimum(slots.slot(sp - delta, gp), k_eq)
-        k_hi = torch.maximum(slots.slot(sp + delta, gp), k_eq + 1)
-        w_dn, w_up = W.range(k_lo, k_eq), W.range(k_eq + 1, k_hi)
-        q = sp - centre
-        # sum of w (t - s_i) over [s_i - delta, s_i) and (s_i, s_i + delta), bounded by sign and delta * weight
-        d_dn = torch.clamp(X.range(k_lo, k_eq) - q * w_dn, max=0.0)
-        d_up = torch.clamp(X.range(k_eq + 1, k_hi) - q * w_up, min=0.0)
+        hist[:, 0, 0].index_add_(0, kn, wn)
+    hist[:, 1, 0] = torch.bincount(k_eq, minlength=n)
+    if delta > 0:
+        hist[:, 0, 1].index_add_(0, kn, tn if wn is None else wn * tn)
+        hist[:, 1, 1].index_add_(0, k_eq, q)
+    S = _Prefix(hist)
+    # above_i = sum_j w_j H(v_j - s_i) over the negatives (N_FP(i)) and over the positives of the image
+    if delta == 0:  # exact step: #(v > s_i) + tie_value #(v == s_i)
+        rng = S.between(torch.stack([k_eq, k_eq + 1, end]))[..., 0]  # (range, P, group)
+        above = rng[1] + tie_value * rng[0]
+    else:
+        # ranges [s_i - delta, s_i), {s_i}, (s_i, s_i + delta), [s_i + delta, ...) of the image
+        rng = S.between(torch.stack([slots.lo, k_eq, k_eq + 1, slots.hi, end]))  # (range, P, group, w / sum)
+        w, x = rng[..., 0], rng[..., 1]
+        w_dn, w_eq, w_up, w_sat = w
+        qq = q[:, None]
+        # sum of w (v - s_i) over each linear piece, bounded by its sign and by delta * weight
+        d_dn = torch.clamp(x[0] - qq * w_dn, max=0.0)
+        d_up = torch.clamp(x[2] - qq * w_up, min=0.0)
         d = (torch.maximum(d_dn, -delta * w_dn) + torch.minimum(d_up, delta * w_up)) / (2.0 * delta)
-        n_fp = W.range(k_hi, end) + 0.5 * (w_dn + w_eq + w_up) + d
+        above = w_sat + 0.5 * (w_dn + w_eq + w_up) + d
+    # N_FP(i) = sum_j w_j H(t_j - s_i);  rank^+(i) = sum_k H(s_k - s_i) - H(0) + self term   (BRL Eq. 3.1)
+    n_fp, all_pos = above.unbind(1)
+    rank_plus = all_pos - (0.5 if delta > 0 else tie_value) + self_value
     rank = rank_plus + n_fp
 
+    # l_R(i) = N_FP(i) / rank(i)   (RS Eq. 7, BRL Eqs. 3.3-3.4)
     if interpolated:
-        best_sorted = _segmented_cummax((rank_plus / rank)[poss.perm], gp[poss.perm], G)
+        perm = slots.perm
+        best_sorted = _segmented_cummax((rank_plus / rank)[perm], gp[perm], G)
         best = torch.empty_like(best_sorted)
-        best[poss.perm] = best_sorted
+        best[perm] = best_sorted
         error = 1.0 - best
     else:
         error = n_fp / rank
     has_fp = n_fp > 0
+    # primary terms L_ij = scale_i l_R(i) w_j H(x_ij) / N_FP(i)   (BRL Eq. 3.10): positive i loses their sum
     coef = torch.where(has_fp, scale * error / torch.where(has_fp, n_fp, 1.0), 0.0)
     grad_pos = torch.where(has_fp, -scale * error, 0.0)
 
-    # each negative gains sum_i coef_i H(t - s_i): per slot k, the positives with s_i + delta <= t
-    # (saturated) and with s_i - delta < t < s_i + delta (window) are index ranges of the sorted
-    # positives, so the gain is A_k + B_k (t - centre)   (RS Eq. 11, BRL Eq. 3.33)
-    perm = poss.perm
-    c_s = coef[perm]
-    Q = _Prefix(c_s)
-    ks = torch.arange(slots.n, device=device)
-    seg_slot = slots.segment_of_slots()
-    p_first = torch.cat([torch.zeros(1, dtype=torch.int64, device=device),
-                         torch.cumsum(torch.bincount(gp, minlength=G), 0)])[seg_slot]
-    if delta == 0:
-        su = k_eq[perm]  # slot of s_i (sorted, non-decreasing)
-        ia = torch.searchsorted(su, ks, right=False)  # #(s_i < t)
-        ib = torch.searchsorted(su, ks, right=True)  # #(s_i <= t)
-        A = Q.range(p_first, ia) + tie_value * Q.range(ia, ib)
-        grad_neg_unit = A[kn]
+    # each negative gains sum_i coef_i H(t - s_i) over the positives of its image   (RS Eq. 11, BRL Eq. 3.33):
+    # per slot k, prefix sums over slots of the coefficients placed at the positives' slots
+
+    def upto(pre, inclusive):
+        """Sums over the slots of k's image below k (or up to k), for every slot k."""
+        if G == 1:  # from slot 0 (head[0] = tail[0] = 0)
+            k = slice(1, None) if inclusive else slice(None, -1)
+            return pre.head[..., k] + pre.tail[..., k]
+        first, ks = slots.first_of_slots(), torch.arange(n, device=device) + int(inclusive)
+        return (pre.head[..., ks] - pre.head[..., first]) + (pre.tail[..., ks] - pre.tail[..., first])
+
+    if delta == 0:  # coef_i at eq_i: strictly below k, plus tie_value times at k
+        c_at = torch.zeros(n, dtype=F64, device=device).index_add_(0, k_eq, coef)
+        table = upto(_Prefix(c_at), False) + tie_value * c_at
+        grad_neg_unit = table.index_select(0, kn)
     else:
-        su, sl = k_hi[perm], torch.minimum(k_lo, k_eq - 1)[perm]
-        QP = _Prefix(c_s * (sp[perm] - centre))
-        ia = torch.searchsorted(su, ks, right=True)  # #(s_i + delta <= t)
-        ie = torch.maximum(torch.searchsorted(sl, ks, right=False), ia)  # #(s_i - delta < t)
-        sat = Q.range(p_first, ia)
-        cw, cpw = Q.range(ia, ie), QP.range(ia, ie)
-        a_n, cw_n = sat[kn], cw[kn]
-        lin = (cw_n * (sn - centre) - cpw[kn]) / (2.0 * delta)  # sum c_i (t - s_i) / (2 delta) over the window
-        lin = torch.minimum(torch.maximum(lin, -0.5 * cw_n), 0.5 * cw_n)
-        grad_neg_unit = a_n + 0.5 * cw_n + lin
-    return _RankingPart(error, grad_pos, grad_neg_unit), rank_plus
+        # positive i is saturated (H = 1) in slots k >= hi_i and linear in lo'_i < k < hi_i
+        # (lo'_i = min(lo_i, eq_i - 1)): +- entries at those slots, rows (saturated c, window c,
+        # window c (s - centre)); an inclusive prefix over the image's slots gives the sums per slot
+        cq, sl = coef * q, torch.minimum(slots.lo, k_eq - 1) + 1
+        ent = torch.zeros((3, n), dtype=F64, device=device)
+        ent[0].index_add_(0, slots.hi, coef)
+        ent[1].index_add_(0, slots.hi, -coef).index_add_(0, sl, coef)
+        ent[2].index_add_(0, slots.hi, -cq).index_add_(0, sl, cq)
+        sat, cw, cpw = upto(_Prefix(ent, dim=1), True)
+        base_n, cw_n, cpw_n = (v.index_select(0, kn) for v in (sat + 0.5 * cw, cw, cpw))
+        # sum c_i (t - s_i) / (2 delta) over the window, within +- half its weight (in place: N-sized)
+        lin = torch.mul(cw_n, tn, out=tn).sub_(cpw_n).div_(2.0 * delta)
+        half_n = cw_n.mul_(0.5)
+        grad_neg_unit = lin.clamp_(min=-half_n, max=half_n).add_(base_n)
+    return _RankingPart(error, grad_pos, grad_neg_unit)
 
 
 class _WaveletMatrix:
@@ -583,69 +645,106 @@ class _WaveletMatrix:
 
     A wavelet matrix over the ranks: level by level from the top bit, the points are stably
     partitioned by that bit (zeros first), with ``R0`` = zeros among the first i points.  A position
-    range maps to the zero part as ``R0[pos]`` and to the one part as ``Z + pos - R0[pos]``; the
-    query for rank < R (>= R) takes the zero (one) part's sum wherever R's bit is 1 (0) and follows
-    R's bit.  Each sum is a compensated prefix range, so the result is accurate relative to the
-    range sums.  Build O(n log n) time (cumsums, no sort), O(n log n) memory (an index and a count
-    array per level); a query of m positions O(m log n) gathers, with no Python loop over points."""
+    range maps to the zero part as ``R0[pos]`` and to the one part as ``Z + pos - R0[pos]`` (ranges
+    of the next level's order); the query for rank < R (>= R) takes the zero (one) part wherever R's
+    bit is 1 (0) and follows R's bit.  The walk of the positions (:meth:`walk`, O(1) per level and
+    position) does not depend on the columns, so it is made once for all queries; :meth:`counts`
+    reads the taken points' numbers from it, :meth:`sums` their column sums from compensated prefix
+    sums in every level's order (accurate relative to the range sums).  Build O(n log n) time
+    (cumsums, no sort), O(n log n) memory (an order and a count array per level); a query of m
+    positions O(m log n) time and memory, in O(log n) vectorised steps."""
 
     def __init__(self, rank, nbits):
         n = rank.numel()
         device = rank.device
         ar = torch.arange(n, device=device)
-        cur = ar
-        self.levels = []
-        for b in reversed(range(nbits)):
-            z = ((rank[cur] >> b) & 1) == 0
-            R0 = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), torch.cumsum(z, 0)])
-            Z = R0[-1]
-            new_pos = torch.where(z, R0[:-1], Z + ar - R0[:-1])
-            nxt = torch.empty_like(cur)
-            nxt[new_pos] = cur
-            self.levels.append((b, cur, z, R0, Z))
-            cur = nxt
-        self.last = cur
+        self.shift = torch.arange(nbits - 1, -1, -1, device=device)  # the bit of every level, top first
+        self.order = torch.empty((nbits + 1, n), dtype=torch.int64, device=device)  # the points in level order
+        self.R0 = torch.zeros((nbits, n + 1), dtype=torch.int64, device=device)  # zeros among the first i
+        self.order[0] = ar
+        zero = ((rank[None] >> self.shift[:, None]) & 1) == 0  # every level's bit of every point is 0
+        for lev in range(nbits):
+            cur, R0 = self.order[lev], self.R0[lev]
+            z = zero[lev].index_select(0, cur)
+            torch.cumsum(z, 0, out=R0[1:])
+            new_pos = torch.where(z, R0[:-1], (ar - R0[:-1]).add_(R0[-1]))
+            self.order[lev + 1].index_put_((new_pos,), cur)  # the last: points of equal rank together
+        # where position p goes, interleaved: [2 p] to the zero part, [2 p + 1] to the one part (int32:
+        # the walk's gathers move half the bytes)
+        ar1 = torch.arange(n + 1, device=device)
+        self.to = torch.stack([self.R0, self.R0[:, -1:] + ar1 - self.R0], 2).view(nbits, 2 * (n + 1)).int()
 
-    def query(self, cols, R, pos, below):
-        """``out[q, k, c]``: sum of column c (cols: (n, C) in the original order) over the points at
-        positions ``[pos[q, k], pos[q, k + 1])`` (original order) whose rank is < R[q] (``below``)
-        or >= R[q] (not ``below``).  Returns (Q, m - 1, C)."""
-        Q, m = pos.shape
-        C = cols.shape[1]
-        out = cols.new_zeros((Q, m - 1, C))
-        pos = pos.reshape(-1)
+    def walk(self, R, pos):
+        """Follow the position ranges ``pos`` (B, m, Q; original order) down the levels along the bits
+        of ``R`` (B, Q) (B batches of Q queries).  Returns R's bits (L, B, Q), the positions followed,
+        (L + 1, B, m, Q) (each level's order; at the last, the ranges hold the points of rank R), and
+        the positions of the part not followed (L, B, m, Q; in the next level's order).  Positions are
+        int32 (2 n + 1 < 2^31: a billion points)."""
+        L = self.R0.shape[0]
+        B, m, Q = pos.shape
+        bits = ((R[None] >> self.shift[:, None, None]) & 1).int()
+        path = torch.empty((L + 1, B, m, Q), dtype=torch.int32, device=pos.device)
+        other = torch.empty((L, B, m, Q), dtype=torch.int32, device=pos.device)
+        path[0] = pos
+        for lev in range(L):
+            go = torch.add(bits[lev, :, None], path[lev], alpha=2).view(-1)  # 2 p + bit
+            torch.index_select(self.to[lev], 0, go, out=path[lev + 1].view(-1))
+            torch.index_select(self.to[lev], 0, go ^ 1, out=other[lev].view(-1))
+        return bits.bool(), path, other
 
-        def sums(pre, pos):  # (Q, m - 1, C) range sums between consecutive positions
-            h = pre.head.index_select(0, pos).view(Q, m, C)
-            t = pre.tail.index_select(0, pos).view(Q, m, C)
-            return (h[:, 1:] - h[:, :-1]) + (t[:, 1:] - t[:, :-1])
+    @staticmethod
+    def counts(bits, other, below):
+        """Numbers of points of rank < R (``below``) or > R (not ``below``) in the ranges of one batch
+        of a :meth:`walk` (bits (L, Q), other (L, m, Q)): (m - 1, Q) int64."""
+        take = (bits if below else ~bits).long()[:, None]
+        return ((other[:, 1:] - other[:, :-1]) * take).sum(0)
 
-        for b, cur, z, R0, Z in self.levels:
-            rb = ((R >> b) & 1).repeat_interleave(m)
-            keep = z if below else ~z
-            pre = _Prefix(cols.index_select(0, cur) * keep[:, None].to(cols.dtype))
-            take = rb if below else 1 - rb
-            out += sums(pre, pos) * take.view(Q, m)[:, :1, None].to(cols.dtype)
-            r0 = R0.index_select(0, pos)
-            pos = r0 + rb * (Z + pos - 2 * r0)
-        if not below:  # the points left in the range have rank == R
-            out += sums(_Prefix(cols.index_select(0, self.last)), pos)
+    def sums(self, cols, bits, path, other, below):
+        """``out[c, k, q]``: sum of column c (cols: (C, n), rows in the original order) over the points
+        at positions ``[pos[k, q], pos[k + 1, q])`` whose rank is < R[q] (``below``) or >= R[q] (not
+        ``below``), from one batch of the :meth:`walk` of (R, pos) (bits (L, Q), path (L + 1, m, Q),
+        other (L, m, Q)).  Returns (C, m - 1, Q).  (Column-major throughout: every gather is of whole
+        rows and the per-query factors broadcast along contiguous rows.)"""
+        C, n = cols.shape
+        m, Q = other.shape[1], other.shape[2]
+        take = (bits if below else ~bits).to(cols.dtype)
+        x = cols.new_empty((C, n))
+        g = cols.new_empty((2, C, m * Q))
+        out = cols.new_zeros((C, m - 1, Q))
+
+        def add(order, pos, factor):
+            for c in range(C):  # the columns in the level's order
+                torch.index_select(cols[c], 0, order, out=x[c])
+            pre = _Prefix(x, dim=1)
+            for c in range(C):
+                torch.index_select(pre.head[c], 0, pos, out=g[0, c])
+                torch.index_select(pre.tail[c], 0, pos, out=g[1, c])
+            d = torch.diff(g.view(2, C, m, Q), dim=2)
+            rng = d[0].add_(d[1])  # (head[b] - head[a]) + (tail[b] - tail[a])
+            out.add_(rng) if factor is None else out.addcmul_(rng, factor)
+
+        for lev in range(self.R0.shape[0]):  # the part not followed, in the next level's order
+            add(self.order[lev + 1], other[lev].reshape(-1), take[lev])
+        if not below:  # the points left in the ranges have rank == R
+            add(self.order[-1], path[-1].reshape(-1), None)
         return out
 
 
-def _linear_sorting_part(sp, yp, gp, num_segments, delta, self_value, tie_value, scale, centre):
+def _linear_sorting_part(sp, yp, gp, num_segments, delta, self_value, tie_value, scale, centre, slots):
     """:func:`_sorting_part` without the P x P term: the sums over the positives of an image of lower
     (higher) IoU are queries of a :class:`_WaveletMatrix` over the (image, IoU) ranks of the
-    positives in (image, logit) order, on position ranges of the logit windows; the sums over all
-    positives of the image are compensated prefix sums over the same ranges.  RS Eqs. 7-10, 12.
+    positives in (image, logit) order, on position ranges of the logit windows (read from the
+    :class:`_Slots` ``slots`` of the positives); the sums over all positives of the image are
+    compensated prefix sums over the same ranges.  RS Eqs. 7-10, 12.
     Time O(P log P), memory O(P log P)."""
     P = sp.numel()
     G = num_segments
     device = sp.device
     u = 1.0 - yp
     # rank r: position in the (image, IoU) order; [grp_lo, grp_hi): positives of the same image and IoU
-    o1 = torch.sort(yp, stable=True).indices
-    order = o1[torch.sort(gp[o1], stable=True).indices]
+    order = torch.sort(yp, stable=True).indices
+    if G > 1:
+        order = order[torch.sort(gp[order], stable=True).indices]
     r = torch.empty(P, dtype=torch.int64, device=device)
     r[order] = torch.arange(P, device=device)
     g_o, y_o = gp[order], yp[order]
@@ -655,30 +754,27 @@ def _linear_sorting_part(sp, yp, gp, num_segments, delta, self_value, tie_value,
     starts = torch.nonzero(new).squeeze(1)
     ends = torch.cat([starts[1:], torch.tensor([P], device=device)])
     grp_lo, grp_hi = starts[gid][r], ends[gid][r]
-    seg_start, _ = (b[gp] for b in _segment_bounds(gp, G))
+    # the image's first and past-last positions in (image, logit) order, as in (image, IoU) order
+    start, end = (b[gp] for b in _segment_bounds(gp, G))
 
     q = sp - centre
     h0 = 0.5 if delta > 0 else tie_value
+    # positions in (image, logit) order of each positive's window: the positives in slots < k
+    k_eq = slots.eq
+    if delta > 0:
+        k_lo = slots.lo
+        at = slots.before.index_select(0, torch.stack([k_lo, slots.hi, torch.minimum(k_lo + 1, k_eq)]).view(-1))
+        w_lo, w_hi, c0 = at.view(3, P)  # #(p < s_i - delta), #(p < s_i + delta), #(p <= s_i - delta)
+        # H(p_j - s_i): window s_i - delta <= p_j < s_i + delta, saturated p_j >= s_i + delta;
+        # H(s_j - p_i): saturated p_i <= s_j - delta, window s_j - delta < p_i < s_j + delta
+        bnd, bnd_in = torch.stack([w_lo, w_hi, end]), torch.stack([start, c0, w_hi])
+    else:  # ties, strictly above / strictly below, ties
+        eq_lo, eq_hi = slots.before.index_select(0, torch.stack([k_eq, k_eq + 1]).view(-1)).view(2, P)
+        bnd, bnd_in = torch.stack([eq_lo, eq_hi, end]), torch.stack([start, eq_lo, eq_hi])
+    perm = slots.perm
     # positives in (image, logit) order; sums over all positives of the image: H(p_j - p_k) and
     # H(p_j - p_k) (1 - y_j), self term sigma
-    if delta > 0:
-        kp, kp_lo, kp_hi = _keys(G, (sp, gp), (sp - delta, gp), (sp + delta, gp))
-    else:
-        (kp,), kp_lo, kp_hi = _keys(G, (sp, gp)), None, None
-    poss = _Sorted(kp, sp, torch.ones_like(sp), gp, G, delta)
-    # positions (in logit order, within the image's band) of each positive's window
-    ss, keys = torch.searchsorted, poss.keys
-    start, end = poss.start[gp], poss.end[gp]
-    eq_lo, eq_hi = ss(keys, kp, right=False), ss(keys, kp, right=True)
-    if delta > 0:
-        # window: s_i - delta <= p_j < s_i + delta (and p_j == s_i); saturated: p_j >= s_i + delta
-        w_lo = torch.minimum(ss(keys, kp_lo, right=False), eq_lo)
-        w_hi = torch.maximum(ss(keys, kp_hi, right=False), eq_hi)
-        bnd = torch.stack([w_lo, w_hi, end], 1)
-    else:  # ties, strictly above
-        bnd = torch.stack([eq_lo, eq_hi, end], 1)
-    perm = poss.perm
-    cols = torch.stack([torch.ones_like(sp), q, u, u * q], 1)[perm]
+    cols = torch.stack([torch.ones_like(sp), q, u, u * q], 1).index_select(0, perm)
 
     def step(win, sat):
         """sum H(p_j - s_i) and sum H(p_j - s_i) (1 - y_j) from window and saturated range sums."""
@@ -692,34 +788,31 @@ def _linear_sorting_part(sp, yp, gp, num_segments, delta, self_value, tie_value,
         return res
 
     # sums over all positives of the image (self included, as H(0); corrected below)
-    pre = _Prefix(cols)
-    h, t = pre.head[bnd], pre.tail[bnd]
-    rng = (h[:, 1:] - h[:, :-1]) + (t[:, 1:] - t[:, :-1])
-    full, full_u = step(rng[:, 0], rng[:, 1])
+    rng = _Prefix(cols).between(bnd)
+    full, full_u = step(rng[0], rng[1])
     rank_plus = full - h0 + self_value
     cur = full_u - h0 * u + self_value * u
-    # the same over positives of lower IoU: p_S(j|i) up to normalisation   (RS Eq. 10)
+    # the same over positives of lower IoU: p_S(j|i) up to normalisation   (RS Eq. 10); the walks of
+    # both queries (here and for the incoming gradient below) in one
     wm = _WaveletMatrix(r[perm], max(1, P.bit_length()))
-    out = wm.query(cols, grp_lo, bnd, True)
-    M, MU = step(out[:, 0], out[:, 1])
+    bits, path, other = wm.walk(torch.stack([grp_lo, grp_hi]), torch.stack([bnd, bnd_in]))
+    below = (bits[:, 0], path[:, 0], other[:, 0])
+    sums = wm.sums(torch.stack([q, u, u * q]).index_select(1, perm), *below, True)
+    out = torch.cat([wm.counts(below[0], below[2], True).to(F64)[None], sums]).permute(1, 2, 0)  # (range, P, col)
+    M, MU = step(out[0], out[1])
     e = cur / rank_plus - (cur - MU) / (rank_plus - M)  # l_S(i) - l*_S(i)   (RS Eqs. 7-8)
     # is any lower-IoU positive's H > 0?  (exact: from the largest logit among them)
     best = _segmented_cummax(sp[order], g_o, G)
-    mpl = torch.where(grp_lo > seg_start, best[torch.clamp(grp_lo - 1, min=0)], float("-inf"))
+    mpl = torch.where(grp_lo > start, best[torch.clamp(grp_lo - 1, min=0)], float("-inf"))
     has = _smoothed_step(mpl - sp, delta, tie_value) > 0
     csort = torch.where(has & (M > 0), scale * e / torch.where(M > 0, M, 1.0), 0.0)
     grad = torch.where(has, -scale * e, 0.0)
     # incoming: positive j gains sum_{y_i > y_j} csort_i H(p_j - p_i)   (RS Eq. 12)
-    cols = torch.stack([csort, csort * q], 1)[perm]
-    if delta == 0:
-        out = wm.query(cols, grp_hi, torch.stack([start, eq_lo, eq_hi], 1), False)  # p_i < p_j, p_i == p_j
-        grad = grad + out[:, 0, 0] + tie_value * out[:, 1, 0]
-    else:
-        # p_i <= p_j - delta (H = 1), p_j - delta < p_i < p_j + delta (linear)
-        c0 = torch.minimum(ss(keys, kp_lo, right=True), eq_lo)
-        c1 = torch.maximum(ss(keys, kp_hi, right=False), eq_hi)
-        out = wm.query(cols, grp_hi, torch.stack([start, c0, c1], 1), False)
-        sat, win = out[:, 0], out[:, 1]
+    out = wm.sums(torch.stack([csort, csort * q]).index_select(1, perm), bits[:, 1], path[:, 1], other[:, 1], False)
+    sat, win = out[:, 0].t(), out[:, 1].t()
+    if delta == 0:  # p_i < p_j, p_i == p_j
+        grad = grad + sat[:, 0] + tie_value * win[:, 0]
+    else:  # p_i <= p_j - delta (H = 1), p_j - delta < p_i < p_j + delta (linear)
         grad = grad + sat[:, 0] + 0.5 * win[:, 0] + (q * win[:, 0] - win[:, 1]) / (2.0 * delta)
     return e, grad
 
@@ -778,9 +871,10 @@ def _linear_ok(sp, sn, delta):
         return False, 0.0
     if sp.numel() == 0:
         return True, 0.0
-    lo, hi = float(sp.min()), float(sp.max())
+    lo, hi = (float(v) for v in torch.aminmax(sp))
     if sn.numel():
-        lo, hi = min(lo, float(sn.min())), max(hi, float(sn.max()))
+        lo_n, hi_n = (float(v) for v in torch.aminmax(sn))
+        lo, hi = min(lo, lo_n), max(hi, hi_n)
     centre = 0.5 * lo + 0.5 * hi  # (lo + hi) / 2 could overflow
     if delta == 0:
         return True, centre
@@ -804,8 +898,10 @@ def compute(x: Parsed, *, sorting: bool, interpolated: bool = False, bucketed: b
     # normal numbers; subnormal logits lose only bits far below delta's rounding).  Comparisons that
     # decide a discrete choice (which negatives count, bucket membership) use the logits as given.
     unit = 1.0
-    if delta > 0 and s.numel() and max(float(s.abs().max()), delta) > BIG:
-        unit = SMALL_UNIT
+    if delta > 0 and s.numel():
+        lo, hi = (float(v) for v in torch.aminmax(s))
+        if max(-lo, hi, delta) > BIG:
+            unit = SMALL_UNIT
     zero = torch.zeros((), dtype=F64, device=device)
     grad = torch.zeros_like(s)
     names = ("ranking", "sorting") if sorting else ("ranking",)
@@ -822,38 +918,44 @@ def compute(x: Parsed, *, sorting: bool, interpolated: bool = False, bucketed: b
     scale = scale_seg[gp]
     # negatives of images with positives; below min positive - delta they have H = 0 against every
     # positive (zero gradient), and the bucketed losses drop them (threshold=True, BRL Alg. 1 line 2)
-    neg = ~pos & (counts[seg] > 0)
+    neg = ~pos
+    if G > 1:
+        neg &= counts[seg] > 0
     if threshold or not bucketed:
         lowest = torch.zeros(G, dtype=F64, device=device).scatter_reduce(0, gp, sp, "amin", include_self=False)
-        neg &= s >= lowest[seg] - delta
+        neg &= s >= (lowest[seg] - delta if G > 1 else float(lowest[0]) - delta)
     idx_n = torch.nonzero(neg).squeeze(1)
-    sn, gn = s[idx_n], seg[idx_n]
+    sn = s.index_select(0, idx_n)
+    # (one image: all segments 0, as a broadcast view; the hot path does not read it)
+    gn = seg.index_select(0, idx_n) if G > 1 else seg.new_zeros(1).expand(idx_n.numel())
 
     sp_u, delta_u = sp * unit, delta * unit
     if bucketed:
         member, proto, proto_seg, size = _buckets(sp, gp, sn, gn, G, counts, tied_above)
         negs_u, negs_seg, negs_w = proto * unit, proto_seg, size
     else:
-        negs_u, negs_seg, negs_w = sn * unit, gn, torch.ones_like(sn)
+        negs_u, negs_seg, negs_w = (sn * unit if unit != 1.0 else sn), gn, None  # None: unit weights
     linear, centre = _linear_ok(sp_u, negs_u, delta_u)
     if linear:  # the near-linear hot path: no sort of the negatives, no P x P term
-        part, _ = _linear_ranking_part(sp_u, gp, negs_u, negs_seg, negs_w, G, delta_u, x.self_value, x.tie_value,
-                                       interpolated, scale, centre)
+        slots = _Slots(sp_u, gp, G, delta_u)
+        part = _linear_ranking_part(sp_u, gp, negs_u, negs_seg, negs_w, G, delta_u, x.self_value, x.tie_value,
+                                    interpolated, scale, centre, slots)
     else:  # delta tiny against the spread of the logits: sorted negatives and offset trees
-        part = _ranking_part(sp_u, gp, negs_u, negs_seg, negs_w, G, delta_u, x.self_value, x.tie_value,
-                             interpolated, scale)
+        part = _ranking_part(sp_u, gp, negs_u, negs_seg, torch.ones_like(negs_u) if negs_w is None else negs_w,
+                             G, delta_u, x.self_value, x.tie_value, interpolated, scale)
     # bucketed: a prototype's gradient is spread uniformly over its bucket (BRL Eqs. 3.33-3.34)
     grad_neg = part.grad_neg_unit[member] if bucketed else part.grad_neg_unit
     grad_pos = part.grad_pos
     terms = {"ranking": (scale * part.error).sum()}
     if sorting:
         if linear:
-            err_s, grad_s = _linear_sorting_part(sp_u, yp, gp, G, delta_u, x.self_value, x.tie_value, scale, centre)
+            err_s, grad_s = _linear_sorting_part(sp_u, yp, gp, G, delta_u, x.self_value, x.tie_value, scale,
+                                                 centre, slots)
         else:
             err_s, grad_s = _sorting_part(sp_u, yp, gp, G, delta_u, x.self_value, x.tie_value, scale)
         grad_pos = grad_pos + grad_s
         terms["sorting"] = (scale * err_s).sum()
-    grad[idx_p] = grad_pos
-    grad[idx_n] = grad_neg
+    grad.index_copy_(0, idx_p, grad_pos)
+    grad.index_copy_(0, idx_n, grad_neg)
     loss = sum(terms.values(), zero)
     return EngineOutput(loss, grad, terms)
