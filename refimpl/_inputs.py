@@ -206,7 +206,7 @@ def _host_array(x, name: str, keep: bool) -> np.ndarray:
     """``x`` as a host array with its type, dtype and size checked, values not yet: a float32 /
     float64 ndarray as it is when ``keep`` (the numba kernels read it in place: no float64 copy, which
     at 50K logits costs more than the checks), anything else as float64."""
-    if keep and isinstance(x, np.ndarray) and x.dtype in _KERNEL_DTYPES:
+    if keep and type(x) is np.ndarray and x.dtype in _KERNEL_DTYPES:  # (not subclasses: np.matrix stays 2-D)
         if x.size == 0:
             raise ValueError(f"{name} is empty; at least one element is required")
         return x

@@ -97,3 +97,32 @@ def test_numba_reads_any_real_dtype_and_matches_the_reference(dtype):
     s2 = np.array([1, 3, 2, 0]).astype(s.dtype)
     for backend in ("numpy", "numba"):
         assert abs(R.ap_loss(s2, y, 0.0, backend=backend).loss - 5 / 12) < 1e-15
+
+
+@pytest.mark.parametrize("layout", ["matrix", "big-endian", "strided", "read-only", "masked", "fortran-2d"])
+def test_numba_reads_every_array_layout_like_the_reference(layout):
+    """Arrays the numba backend reads in place (plain float32 ndarrays) and those it converts first
+    (subclasses such as np.matrix and masked arrays, non-native byte order) give the reference's
+    loss and gradient in the input's shape."""
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=50).astype(np.float32)
+    t = (rng.random(50) < 0.3).astype(np.float32)
+    if layout == "matrix":
+        a, b = np.matrix(s), np.matrix(t)
+    elif layout == "big-endian":
+        a, b = s.astype(">f4"), t.astype(">f4")
+    elif layout == "strided":
+        a, b = np.repeat(s, 2)[::2], np.repeat(t, 2)[::2]
+    elif layout == "read-only":
+        a, b = s.copy(), t.copy()
+        a.setflags(write=False)
+        b.setflags(write=False)
+    elif layout == "masked":
+        a, b = np.ma.array(s), np.ma.array(t)
+    else:
+        a, b = np.asfortranarray(s.reshape(5, 10)), np.asfortranarray(t.reshape(5, 10))
+    ref = R.ap_loss(a, b, 0.5)
+    fast = R.ap_loss(a, b, 0.5, backend="numba")
+    assert fast.grad.shape == ref.grad.shape
+    assert abs(fast.loss - ref.loss) <= 1e-12
+    assert np.allclose(fast.grad, ref.grad, rtol=1e-10, atol=1e-15)
