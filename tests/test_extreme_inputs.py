@@ -269,3 +269,50 @@ def test_giou_is_scale_free_at_any_magnitude(scale_exp, data):
     assert np.allclose(x.grad.numpy(), r.grad, rtol=1e-12, atol=0)
     tg = TD.generalized_box_iou(torch.tensor(B1), torch.tensor(B2), eps=eps, aligned=False)
     assert float(tg[0, 0]) == pytest.approx(float(g[0]), rel=1e-15)
+
+
+def test_torch_engine_keeps_a_tiny_delta_next_to_huge_logits():
+    """Found by the long fuzz sweep: logits [0, 2^960 (1 + 2^-52), 2^-1022 (positive)], delta ~ 1e-300.
+    By hand: the negative 0 lies 2^-1022 below the positive, inside the window, so
+    H = 1/2 - 2^-1022 / (2 delta) = 0.5 - 1.1e-8; the other negative is far above (H = 1):
+    N_FP = 1.5 - 1.1e-8, AP loss = N_FP / (1 + N_FP) = 0.6 - 1.8e-9 (the reference's 0.59999999822).
+    A fixed unit of 2^-70 made delta subnormal and the engine returned 0.6; the unit is now the
+    smallest power of two that keeps the logits below 2^960 (here 1/2)."""
+    torch = pytest.importorskip("torch")
+    from rankspec.adapters.torch import functional as TF
+
+    s = np.array([0.0, float.fromhex("0x1.0000000000001p+960"), float.fromhex("0x1.0p-1022")])
+    t = np.array([0.0, 0.0, 1.0])
+    d = float.fromhex("0x1.56e1fc2f8f359p-997")
+    nfp = 1.5 - float.fromhex("0x1.0p-1022") / (2 * d)
+    by_hand = nfp / (1.0 + nfp)
+    ref = ap_loss(s, t, d)
+    assert abs(ref.loss - by_hand) < 1e-15 and abs(ref.loss - 0.6) > 1e-9
+    x = torch.tensor(s, requires_grad=True)
+    loss = TF.ap_loss(x, torch.tensor(t), d, engine="torch")
+    loss.backward()
+    assert abs(float(loss.detach()) - ref.loss) < 1e-15
+    assert np.allclose(x.grad.numpy(), ref.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fn_name", ["ap_loss", "rs_loss", "bucketed_ap_loss", "bucketed_rs_loss"])
+def test_torch_engine_hands_near_limit_logits_with_a_subnormal_scaled_delta_to_the_reference(fn_name):
+    """Logits at 1.7e308 force a unit of 2^-64; delta = 1e-299 would then be subnormal (about 5e-319),
+    so the engine runs the reference on the host: the same numbers as the reference."""
+    torch = pytest.importorskip("torch")
+    import rankspec.refimpl as R
+    from rankspec.adapters.torch import _ranking
+    from rankspec.adapters.torch import functional as TF
+
+    s = np.array([0.0, 1.7e308, 3e-300, -1e-299, 2e-300, 1.6e308])
+    t = np.array([0.0, 0.0, 0.7, 0.0, 0.4, 0.0])
+    y = t if "rs" in fn_name else (t > 0).astype(float)
+    d = 1e-299
+    unit = _ranking.arithmetic_unit(0.0, 1.7e308, d)
+    assert unit == 2.0 ** -64 and d * unit < _ranking.TINY_DELTA
+    ref = getattr(R, fn_name)(s, y, d)
+    x = torch.tensor(s, requires_grad=True)
+    loss = getattr(TF, fn_name)(x, torch.tensor(y), d, engine="torch")
+    loss.backward()
+    assert abs(float(loss.detach()) - ref.loss) <= 1e-15
+    assert np.allclose(x.grad.numpy(), ref.grad, rtol=1e-12, atol=1e-15)

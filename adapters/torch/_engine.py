@@ -114,6 +114,10 @@ def compute(x: Parsed, *, sorting: bool, interpolated: bool = False, bucketed: b
     """Loss, flat float64 gradient and terms (as :func:`._ranking.compute`) on the chosen engine."""
     chosen = resolve_engine(x, engine)
     if chosen == "torch":
+        if _ranking.needs_reference(x):  # huge logits with a tiny delta: the reference decides
+            return _numba_compute(x, _NAMES[(sorting, bucketed)], sorting=sorting, interpolated=interpolated,
+                                  threshold=threshold, tied_negatives="above" if tied_above else "below",
+                                  self_rank=self_rank, reference=True)
         return _ranking.compute(x, sorting=sorting, interpolated=interpolated, bucketed=bucketed,
                                 threshold=threshold, tied_above=tied_above)
     if chosen == "cuda":
@@ -124,12 +128,27 @@ def compute(x: Parsed, *, sorting: bool, interpolated: bool = False, bucketed: b
                           threshold=threshold, tied_negatives="above" if tied_above else "below", self_rank=self_rank)
 
 
-def _numba_compute(x: Parsed, name: str, *, sorting, interpolated, threshold, tied_negatives, self_rank):
-    """The numba kernels on each image (``scope="image"``) or on the whole batch; the same
-    combination as the torch engine: mean over the K images with positives."""
-    from rankspec.refimpl.fast._numba_backend import numba_loss
+def _reference_loss(name, s, y, delta, interpolated, **opts):
+    """The NumPy reference of loss ``name`` on host arrays, called like ``numba_loss``."""
+    from rankspec.refimpl._inputs import validate_ranking
+    from rankspec.refimpl.record import get_record
 
-    s = x.logits.numpy()
+    rec = get_record(name)
+    return rec.reference(validate_ranking(name, s, y, delta, labels_name=rec.labels_name,
+                                          continuous=rec.continuous, interpolated=interpolated, **opts))
+
+
+def _numba_compute(x: Parsed, name: str, *, sorting, interpolated, threshold, tied_negatives, self_rank,
+                   reference=False):
+    """The numba kernels on each image (``scope="image"``) or on the whole batch; the same
+    combination as the torch engine: mean over the K images with positives.  ``reference``: the
+    NumPy reference instead (host copies of tensors on any device; the torch engine's fallback)."""
+    if reference:
+        numba_loss = _reference_loss
+    else:
+        from rankspec.refimpl.fast._numba_backend import numba_loss
+
+    s = x.logits.detach().cpu().numpy()
     y = x.targets.detach().cpu().numpy()
     names = ("ranking", "sorting") if sorting else ("ranking",)
     opts = dict(self_rank=self_rank, tie_value=x.tie_value, normalization=x.normalization, threshold=threshold,
@@ -160,7 +179,8 @@ def _numba_compute(x: Parsed, name: str, *, sorting, interpolated, threshold, ti
             grad /= K
             terms = {k: v / K for k, v in terms.items()}
     f64 = dict(dtype=torch.float64, device=x.logits.device)
-    return _ranking.EngineOutput(torch.tensor(loss, **f64), torch.from_numpy(np.ascontiguousarray(grad)),
+    return _ranking.EngineOutput(torch.tensor(loss, **f64),
+                                 torch.from_numpy(np.ascontiguousarray(grad)).to(x.logits.device),
                                  {k: torch.tensor(v, **f64) for k, v in terms.items()})
 
 

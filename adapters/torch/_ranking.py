@@ -59,11 +59,37 @@ EPS64 = float(torch.finfo(F64).eps)
 #: (exact to O(eps log n) for any delta).  Set to 0 to always use the tree, to inf to never.
 PIECE_RTOL = 1e-12
 
-#: At delta > 0, the ranking arithmetic takes logits and delta in units of 1 / SMALL_UNIT (a power of
-#: two) when either exceeds BIG in magnitude, so that no difference, centre or sum of logits overflows
-#: (delta == 0 only compares).
+#: At delta > 0, the ranking arithmetic takes logits and delta in units of the smallest power of two
+#: that brings the largest of them to at most BIG in magnitude (:func:`arithmetic_unit`), so that no
+#: difference, centre or sum of logits overflows (delta == 0 only compares).
 BIG = 2.0 ** 960
-SMALL_UNIT = 2.0 ** -70
+#: ... and the scaled delta must stay at least this large (a normal number with 52 bits to spare, so
+#: that the values that matter against it -- logits within delta of a positive -- lose no bit that
+#: counts); below it the call runs the NumPy reference on the host instead (:func:`needs_reference`).
+TINY_DELTA = 2.0 ** -970
+
+
+def arithmetic_unit(lo: float, hi: float, delta: float) -> float:
+    """1, or the power of two 2^-k (k >= 1, smallest) with max(|lo|, |hi|, delta) 2^-k <= BIG."""
+    import math
+
+    m = max(-lo, hi, delta)
+    if not m > BIG:
+        return 1.0
+    _, k = math.frexp(m / BIG)  # m / BIG = f 2^k, 1/2 <= f < 1  (m / BIG <= 2^64: no overflow)
+    return math.ldexp(1.0, -k)
+
+
+def needs_reference(x: Parsed) -> bool:
+    """True when the scaled arithmetic of :func:`compute` would lose bits that count: logits near the
+    float64 limit together with a delta so small that, in the units of :func:`arithmetic_unit`, it
+    would be subnormal (e.g. a logit of 2^961 and delta = 2^-997).  The engine then hands the call to
+    the reference (O(P N) on the host, as the numba backend does for its ill-conditioned calls)."""
+    if not x.delta > 0 or x.logits.numel() == 0:
+        return False
+    lo, hi = (float(v) for v in torch.aminmax(x.logits))
+    unit = arithmetic_unit(lo, hi, x.delta)
+    return unit < 1.0 and x.delta * unit < TINY_DELTA
 
 
 @dataclass
@@ -894,14 +920,15 @@ def compute(x: Parsed, *, sorting: bool, interpolated: bool = False, bucketed: b
     device = s.device
     delta = x.delta
     # H((s_j - s_i) / (2 delta)) is scale-free: the ranking arithmetic runs on logits and delta in
-    # units of 2^70 when they are huge, so that no difference, centre or sum overflows (exact for
-    # normal numbers; subnormal logits lose only bits far below delta's rounding).  Comparisons that
-    # decide a discrete choice (which negatives count, bucket membership) use the logits as given.
+    # units of the smallest power of two that keeps them below BIG when they are huge, so that no
+    # difference, centre or sum overflows (exact for normal numbers; values that become subnormal lose
+    # only bits far below delta's rounding, as long as the scaled delta stays above TINY_DELTA:
+    # needs_reference says when it would not).  Comparisons that decide a discrete choice (which
+    # negatives count, bucket membership) use the logits as given.
     unit = 1.0
     if delta > 0 and s.numel():
         lo, hi = (float(v) for v in torch.aminmax(s))
-        if max(-lo, hi, delta) > BIG:
-            unit = SMALL_UNIT
+        unit = arithmetic_unit(lo, hi, delta)
     zero = torch.zeros((), dtype=F64, device=device)
     grad = torch.zeros_like(s)
     names = ("ranking", "sorting") if sorting else ("ranking",)
