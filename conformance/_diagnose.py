@@ -116,7 +116,7 @@ def _trigger_findings(kind, cases, pairs, raised, nan_pairs) -> List[str]:
         exact, facts = separating([c for c, _ in bad], ok_cases, spec)
         msg = detail()
         if exact:
-            out.append(f"{verb} on {describe_trigger(exact[0])}" + (f": {msg}" if msg else "")
+            out.append(f"{verb} on {describe_trigger(exact[0], spec)}" + (f": {msg}" if msg else "")
                        + f" ({len(bad)} of {len(cases)} diagnostic cases)")
         else:
             out.append(f"{verb} on {len(bad)} of {len(cases)} diagnostic cases" + (f": {msg}" if msg else "")
@@ -172,7 +172,7 @@ def diagnose(evaluator, failing_cases, *, max_seconds: float = 30.0) -> Diagnosi
             diag = [c for c, _ in good if getattr(c, "source", "") == "diagnostic"]
             run_fail = [c for c in failing_cases if getattr(c, "source", "") != "diagnostic"]
             exact, more = separating(run_fail, diag, spec) if run_fail and diag else ([], [])
-            facts = [f"the failing input(s) of the run have {describe_trigger(k)}, no diagnostic case has"
+            facts = [f"the failing input(s) of the run have {describe_trigger(k, spec)}, no diagnostic case has"
                      for k in exact] + more
             probe = getattr(kind, "size_probe", None)
             if probe is not None and any(k.startswith("size>") for k in exact):
@@ -280,7 +280,7 @@ def diagnose(evaluator, failing_cases, *, max_seconds: float = 30.0) -> Diagnosi
 
         facts = output_facts(kind, bad)
         exact, more = separating([c for c, _ in bad], [c for c, o, cmp in base if cmp.ok], kind.spec)
-        facts += [f"every failing diagnostic case has {describe_trigger(k)}, no passing one has" for k in exact]
+        facts += [f"every failing diagnostic case has {describe_trigger(k, kind.spec)}, no passing one has" for k in exact]
         facts += more
     if best is not None and best[0] >= 0.8 and best[1] >= 0.9 and best[2] == 0:
         fixed, removed, _, changed, le, ge, worst = best

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ["case_features", "separating", "describe_trigger", "hypotheses", "output_facts", "positive_mask",
-           "FEATURE_WORDS"]
+           "FEATURE_WORDS", "feature_words"]
 
 #: feature key -> words used in a report ("raises on <words>")
 FEATURE_WORDS = {
@@ -102,7 +102,35 @@ def case_features(case, spec) -> Dict[str, bool]:
     f["ties"] = s.size > 1 and np.unique(s).size < s.size
     f["grad_output"] = case.grad_output != 1.0
     f["non_contiguous"] = getattr(case, "layout", "contiguous") != "contiguous"
+    f.update(_term_features(case, spec))
     return f
+
+
+def _record_features(spec):
+    record = getattr(spec, "record", None)
+    return getattr(record, "term_features", ()) or ()
+
+
+def _term_features(case, spec) -> Dict[str, bool]:
+    """The loss's own features (:attr:`LossRecord.term_features`), read from the reference's terms on
+    the case (cached by the harness); False where the reference raises."""
+    feats = _record_features(spec)
+    if not feats:
+        return {}
+    from ._reference import reference_result
+
+    try:
+        terms = reference_result(spec, case).terms
+    except Exception:  # the reference rejects the case: no feature of the loss applies
+        return {key: False for key, _, _ in feats}
+    return {key: bool(pred(terms)) for key, _, pred in feats}
+
+
+def feature_words(spec=None) -> Dict[str, str]:
+    """Feature key -> words: the generic :data:`FEATURE_WORDS` and the loss's own (``spec``'s record)."""
+    words = dict(FEATURE_WORDS)
+    words.update({key: text for key, text, _ in _record_features(spec)})
+    return words
 
 
 def separating(bad: Sequence, good: Sequence, spec) -> Tuple[List[str], List[str]]:
@@ -115,17 +143,18 @@ def separating(bad: Sequence, good: Sequence, spec) -> Tuple[List[str], List[str
         return [], []
     fb = [case_features(c, spec) for c in bad]
     fg = [case_features(c, spec) for c in good]
+    words = feature_words(spec)
     exact, facts = [], []
-    for key in FEATURE_WORDS:
+    for key in words:
         nb = sum(f.get(key, False) for f in fb)
         ng = sum(f.get(key, False) for f in fg)
         if nb == len(fb) and ng == 0:
             exact.append(key)
         elif nb and nb / len(fb) >= 0.5 and (not fg or ng / len(fg) < nb / len(fb) / 2):
-            facts.append(f"{nb} of {len(fb)} failing cases have {FEATURE_WORDS[key]} ({ng} of {len(fg)} passing)")
+            facts.append(f"{nb} of {len(fb)} failing cases have {words[key]} ({ng} of {len(fg)} passing)")
     if not exact:
         # two features together (e.g. delta = 0 *and* tied logits: a division by delta that meets 0 / 0)
-        keys = list(FEATURE_WORDS)
+        keys = list(words)
         for i, a in enumerate(keys):
             for b in keys[i + 1:]:
                 if all(f.get(a) and f.get(b) for f in fb) and not any(f.get(a) and f.get(b) for f in fg):
@@ -138,12 +167,12 @@ def separating(bad: Sequence, good: Sequence, spec) -> Tuple[List[str], List[str
     return exact, facts
 
 
-def describe_trigger(key: str) -> str:
+def describe_trigger(key: str, spec=None) -> str:
     if "+" in key:
-        return " and ".join(describe_trigger(k) for k in key.split("+"))
+        return " and ".join(describe_trigger(k, spec) for k in key.split("+"))
     if key.startswith("size>"):
         return f"inputs with more than {key[5:]} elements"
-    return FEATURE_WORDS.get(key, key)
+    return feature_words(spec).get(key, key)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -39,9 +39,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections import OrderedDict
 from dataclasses import replace
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from rankspec.refimpl import LossResult
 
@@ -58,6 +57,7 @@ from ._targets import Target, TargetError, TargetSignatureError, make_target, ob
 from ._usage import NonConformant, UsageProblem, check_count, check_device, check_number, check_seed
 from ._domain import parse_domain
 from ._worker import DEFAULT_CALL_TIMEOUT, Worker, WorkerCrashed, WorkerRunner, picklable
+from ._reference import clear_reference_cache, reference_result
 from .specs import SPECS, LossSpec, get_spec
 
 __all__ = ["check", "assert_conforms", "NonConformant", "CheckReport", "TargetResult", "Counterexample",
@@ -65,58 +65,8 @@ __all__ = ["check", "assert_conforms", "NonConformant", "CheckReport", "TargetRe
            "ArrayKind", "Evaluation", "bundled_targets", "reproducer", "DTYPES", "DEVICES"]
 
 
-# ------------------------------------------------------------------------------------------------
-# reference results, cached across targets of one process
-# ------------------------------------------------------------------------------------------------
-
-class _LRU:
-    def __init__(self, max_bytes: int = 256 * 2**20):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.data: "OrderedDict[tuple, Tuple[object, int]]" = OrderedDict()
-
-    def get(self, key):
-        item = self.data.get(key)
-        if item is None:
-            return None
-        self.data.move_to_end(key)
-        return item[0]
-
-    def put(self, key, value, size: int):
-        if key in self.data:
-            return
-        self.data[key] = (value, size)
-        self.bytes += size
-        while self.bytes > self.max_bytes and len(self.data) > 1:
-            _, (_, s) = self.data.popitem(last=False)
-            self.bytes -= s
-
-
-_REFERENCE_CACHE = _LRU()
-
-
-def clear_reference_cache() -> None:
-    _REFERENCE_CACHE.data.clear()
-    _REFERENCE_CACHE.bytes = 0
-
-
-def reference_result(spec: LossSpec, case, options: Optional[Mapping] = None) -> LossResult:
-    """The reference on ``case`` under ``options`` (default: the spec's), cached."""
-    opts = spec.expected_options() if options is None else dict(options)
-    key = (spec.name, repr(sorted(opts.items(), key=lambda kv: kv[0])), case.key())
-    hit = _REFERENCE_CACHE.get(key)
-    if hit is not None:
-        if isinstance(hit, Exception):
-            raise hit
-        return hit
-    try:
-        result = spec.reference(case.logits, case.targets, case.delta, opts, case.extras)
-    except Exception as exc:
-        _REFERENCE_CACHE.put(key, exc, 256)
-        raise
-    _REFERENCE_CACHE.put(key, result, int(result.grad.nbytes) * (1 + len(spec.grad_inputs)) + 512)
-    return result
-
+# reference results, cached across targets of one process: rankspec.conformance._reference
+# (re-exported here: reference_result, clear_reference_cache)
 
 # ------------------------------------------------------------------------------------------------
 # flat loss inputs: one kind of case of the shared engine (rankspec.conformance._evaluate)

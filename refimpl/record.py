@@ -114,6 +114,12 @@ class LossRecord:
         True for the bucketed losses (BRL Alg. 2).
     default_delta:
         Default of ``delta`` (None: the loss has no delta).
+    term_features:
+        Properties of an input that this loss defines and a port may handle differently, as
+        ``(key, words, predicate)``: ``predicate(terms)`` reads the reference's terms on the input
+        (e.g. APE: no positive has a valid pair, ``num_active == 0``).  The conformance diagnosis
+        names a crash or mismatch trigger with ``words`` when the failing inputs are exactly those
+        with the property.  The predicate must be a module-level function (records are pickled).
     """
 
     name: str
@@ -136,6 +142,7 @@ class LossRecord:
     with_sort: bool = False
     bucketed: bool = False
     default_delta: Optional[float] = None
+    term_features: Tuple[Tuple[str, str, Callable[[Mapping[str, float]], bool]], ...] = ()
 
     # -- backends -----------------------------------------------------------------------------
     @property

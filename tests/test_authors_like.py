@@ -94,6 +94,9 @@ def _ape_rows_differ_only_where_the_authors_raise(proc, rows):
     if "min()" in cx["message"]:
         assert _no_positive(cx)
     assert any("without positives" in f for f in row["diagnosis"]["findings"])
+    # the loss's own trigger (APE's record: no positive with a valid pair) names the crash precisely
+    said = [row["diagnosis"]["summary"]] + row["diagnosis"]["findings"]
+    assert any("raises on inputs where no positive has a valid pair" in f for f in said), said
     assert row["max_error_ratio"] <= 1.0
 
 

@@ -229,3 +229,25 @@ def test_torch_adapter_naming_the_record_agrees(record):
             got = target.run(c)
             cmp = compare(want, got, Tolerance(1e-6, 1e-5), spec)
             assert cmp.ok, f"{getattr(adapter, '__name__', adapter)} on {c.describe()}: {cmp.message}"
+
+
+def test_term_features_read_the_references_terms():
+    """A record's term features are module-level predicates over its declared terms (the diagnosis
+    names triggers with them); APE's "no valid pair" holds exactly where num_active is 0."""
+    import rankspec.refimpl as R
+
+    assert any(r.term_features for r in records())
+    for record in records():
+        for key, words, pred in record.term_features:
+            assert key and words and callable(pred)
+            assert getattr(importlib.import_module(pred.__module__), pred.__name__) is pred
+    ape = R.get_record("ape_loss")
+    (key, words, pred), = ape.term_features
+    # one positive (index 0, logit -5) far below both negatives: with lambda = 8 the pair threshold
+    # is 4 / 8 = 0.5 and s_v - s_u = 5 > -0.5, so both pairs are valid (num_active = 1) ...
+    s, lab, iou = np.array([-5.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0]), np.array([0.7, 0.0, 0.0])
+    r = R.ape_loss(s, lab, iou)
+    assert r.terms["num_active"] == 1.0 and not pred(r.terms)
+    # ... and with the positive 5 above them, s_v - s_u = -5 < -0.5: no valid pair, loss 0
+    r = R.ape_loss(-s, lab, iou)
+    assert r.terms["num_active"] == 0.0 and pred(r.terms) and r.loss == 0.0

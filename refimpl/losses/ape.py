@@ -273,6 +273,15 @@ _CASES = "rankspec.refimpl.cases:build_ape_case"
 
 # --------------------------------------------------------------------------- records
 
+def no_positive_with_a_valid_pair(terms) -> bool:
+    """No positive has a valid pair (or there is no positive): the reference's loss is 0 with a zero
+    gradient there (``NO_PAIR``), where the authors' code raises (``torch.cat`` of an empty list)."""
+    return float(terms.get("num_active", 0.0)) == 0.0
+
+
+_TERM_FEATURES = (("no_valid_pair", "inputs where no positive has a valid pair (or there is no positive)",
+                   no_positive_with_a_valid_pair),)
+
 PAIRWISE_ERROR_RECORD = register_record(LossRecord(
     name="pairwise_error_loss", title="AP loss as pairwise error: distance H / S / CE(S, 0), balance rank or N_neg",
     citations=(("APE", "Eq. 8"), ("APE", "Eqs. 5-7"), ("APE", "Tables 1-2")), family="ape",
@@ -281,14 +290,15 @@ PAIRWISE_ERROR_RECORD = register_record(LossRecord(
                  TOP_Q.with_default(None), SELF_RANK.with_default("one"), NORMALIZATION.with_default("positives"),
                  IOU_WEIGHT.with_default(False), SCALE_BY_LAMBDA, IGNORED, SIGN, STEP, NO_PAIR),
     kernels=_KERNELS, label_kind="binary", case_builder=_CASES, terms=APE_TERMS, outputs=("loss",),
-    input_names=("logits", "labels"), labels_name="labels", default_delta=1.0))
+    input_names=("logits", "labels"), labels_name="labels", default_delta=1.0, term_features=_TERM_FEATURES))
 
 APE_RECORD = register_record(LossRecord(
     name="ape_loss", title="APE loss: adaptive pairwise error over ARPS pairs (aFP from positives with lower IoU)",
     citations=(("APE", "Eqs. 9-10"), ("APE", "Alg. 1"), ("APE", "Sec. 7.1 (IoU weighting)")), family="ape",
     validate=_validate_ape, reference=pairwise_reference, conventions=APE_CONVENTIONS,
     kernels=_KERNELS, label_kind="binary", case_builder=_CASES, terms=APE_TERMS, outputs=("loss",),
-    head_keys=("loss_cls",), head_scope="batch", input_names=("logits", "labels", "ious"), labels_name="labels"))
+    head_keys=("loss_cls",), head_scope="batch", input_names=("logits", "labels", "ious"), labels_name="labels",
+    term_features=_TERM_FEATURES))
 
 # --------------------------------------------------------------------------- primitives (public, validating)
 
