@@ -316,3 +316,30 @@ def test_torch_engine_hands_near_limit_logits_with_a_subnormal_scaled_delta_to_t
     loss.backward()
     assert abs(float(loss.detach()) - ref.loss) <= 1e-15
     assert np.allclose(x.grad.numpy(), ref.grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fn_name", ["bucketed_ap_loss", "bucketed_rs_loss"])
+def test_a_bucket_spanning_more_than_the_largest_float_has_its_mean_as_prototype(fn_name):
+    """Negatives 1.7e308, 1.7e308, -1.7e308 and one positive at -1.75e308 (IoU 0.6), delta = 1e308:
+    the three negatives form one bucket whose offsets from its largest member overflow.  Its
+    prototype is the mean, 1.7e308 / 3 = 5.67e307, computed in units of 2^3; the positive sees it
+    at 5.67e307 + 1.75e308 > MAXF above itself, so H = 1 and N_FP = 3 (the bucket's weight); the
+    bucketed losses' self term is H(0) = 1/2 (``self_rank="h0"``): AP loss = 3 / (1/2 + 3) = 6/7
+    (RS: the same, a single positive has no sorting error).  (Clamping the prototype to the bucket's
+    smallest member, as before, gave H = 5e306 / 2e308 + 1/2 = 0.5125: 1.5375 / 2.0375 = 0.755.)
+    Every backend agrees: numba and the torch engine hand such calls to the reference."""
+    torch = pytest.importorskip("torch")
+    import rankspec.refimpl as R
+    from rankspec.adapters.torch import functional as TF
+
+    s = np.array([1.7e308, 1.7e308, -1.7e308, -1.75e308])
+    t = np.array([0.0, 0.0, 0.0, 0.6])
+    y = t if "rs" in fn_name else (t > 0).astype(float)
+    ref = getattr(R, fn_name)(s, y, 1e308)
+    assert abs(ref.loss - 6 / 7) < 1e-15
+    assert abs(getattr(R, fn_name)(s, y, 1e308, backend="numba").loss - 6 / 7) < 1e-15
+    x = torch.tensor(s, requires_grad=True)
+    loss = getattr(TF, fn_name)(x, torch.tensor(y), 1e308, engine="torch")
+    loss.backward()
+    assert abs(float(loss.detach()) - 6 / 7) < 1e-15
+    assert np.allclose(x.grad.numpy(), ref.grad, rtol=1e-12, atol=0)

@@ -55,12 +55,13 @@ def _fast_prototypes(s_pos, s_neg, delta, threshold, tied_negatives):
     thr = p[0] - delta if threshold else -np.inf
     kidx = np.empty(s.size, np.int32)
     K.bucket_assign_ser(s, t, K.make_table(pdist), cum, thr, tied_negatives == "above", kidx, 1)
-    fused = K.bucket_prototypes(s, kidx, len(s_pos) + 1)
+    *fused, ok = K.bucket_prototypes(s, kidx, len(s_pos) + 1)
+    assert ok
     size, top, low = K.bucket_extent(s, kidx, len(s_pos) + 1)
     split = K.prototypes_from(size, top, low, K.bucket_offsets(s, kidx, top, size.size))  # the CUDA path's
     for a, b in zip(fused, split):
         assert a.tobytes() == b.tobytes()
-    return fused
+    return tuple(fused)
 
 
 VALUES = st.sampled_from([0.74, 0.1, -0.3, 1 / 3, 2 / 3, 0.7, 0.74 + 1e-16, 5.1])

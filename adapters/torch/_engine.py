@@ -114,12 +114,16 @@ def compute(x: Parsed, *, sorting: bool, interpolated: bool = False, bucketed: b
     """Loss, flat float64 gradient and terms (as :func:`._ranking.compute`) on the chosen engine."""
     chosen = resolve_engine(x, engine)
     if chosen == "torch":
-        if _ranking.needs_reference(x):  # huge logits with a tiny delta: the reference decides
-            return _numba_compute(x, _NAMES[(sorting, bucketed)], sorting=sorting, interpolated=interpolated,
-                                  threshold=threshold, tied_negatives="above" if tied_above else "below",
-                                  self_rank=self_rank, reference=True)
-        return _ranking.compute(x, sorting=sorting, interpolated=interpolated, bucketed=bucketed,
-                                threshold=threshold, tied_above=tied_above)
+        if not _ranking.needs_reference(x):
+            try:
+                return _ranking.compute(x, sorting=sorting, interpolated=interpolated, bucketed=bucketed,
+                                        threshold=threshold, tied_above=tied_above)
+            except _ranking.NeedsReference:
+                pass
+        # huge logits with a tiny delta, or a bucket spanning more than MAXF: the reference decides
+        return _numba_compute(x, _NAMES[(sorting, bucketed)], sorting=sorting, interpolated=interpolated,
+                              threshold=threshold, tied_negatives="above" if tied_above else "below",
+                              self_rank=self_rank, reference=True)
     if chosen == "cuda":
         return _cuda_compute(x, _NAMES[(sorting, bucketed)], sorting=sorting, interpolated=interpolated,
                              threshold=threshold, tied_negatives="above" if tied_above else "below",

@@ -69,6 +69,11 @@ BIG = 2.0 ** 960
 TINY_DELTA = 2.0 ** -970
 
 
+class NeedsReference(Exception):
+    """Raised by :func:`compute` for an input its arithmetic cannot hold (see :func:`needs_reference`,
+    :func:`_buckets`); :func:`rankspec.adapters.torch._engine.compute` then runs the reference."""
+
+
 def arithmetic_unit(lo: float, hi: float, delta: float) -> float:
     """1, or the power of two 2^-k (k >= 1, smallest) with max(|lo|, |hi|, delta) 2^-k <= BIG."""
     import math
@@ -870,11 +875,11 @@ def _buckets(sp, gp, sn, gn, num_segments, counts, tied_above):
     lowest = torch.zeros(nb, dtype=F64, device=device).scatter_reduce(0, bucket, sn, "amin", include_self=False)
     order = torch.sort(bucket, stable=True).indices
     offset_sum = _Prefix((sn - anchor[bucket])[order]).range(end - size_int, end)
-    # a member more than MAXF below the bucket's largest makes the offset -inf (the compensated sums
-    # would turn it into NaN): there, the plain sum, -inf, as the reference's bincount gives
-    plain = torch.zeros(nb, dtype=F64, device=device).index_add_(0, bucket, sn - anchor[bucket])
-    offset_sum = torch.where(torch.isfinite(offset_sum), offset_sum, plain)
     keep = size_int > 0
+    # a bucket whose members lie more than MAXF apart overflows its offset (or turns it into NaN):
+    # the reference computes such means in scaled units, and the engine hands the call to it
+    if not bool(torch.isfinite(offset_sum[keep]).all()):
+        raise NeedsReference("a bucket spans more than the largest float64")
     size = size_int[keep].to(F64)
     proto = torch.clamp(anchor[keep] + offset_sum[keep] / size, min=lowest[keep], max=anchor[keep])
     dense = torch.cumsum(keep.to(torch.int64), 0) - 1

@@ -148,7 +148,7 @@ def cuda_ranking(x: RankingInput):
 
     # ---- bucketed (BRL Alg. 2)
     above = x.tied_negatives == "above"
-    thr = float(p[0] - x.delta) if x.threshold else -np.inf
+    thr = float(p[0]) - x.delta if x.threshold else -np.inf
     pdist, cum = K.distinct(p)
     pbp, _pnb, pstart, plo, pinvw, pG, _pf = K.make_table(pdist)
     d_pbp = cuda.to_device(pbp)
@@ -163,8 +163,11 @@ def cuda_ranking(x: RankingInput):
     d_off = cuda.to_device(np.zeros(P + 1))
     C.k_bucket_offsets[blocks, threads](ds, d_kidx, d_top, d_off)
     # prototypes as the reference computes them (offset from the largest member, clamped to the members)
-    used, wts, proto = K.prototypes_from(d_size.copy_to_host(), d_top.copy_to_host(), d_low.copy_to_host(),
-                                           d_off.copy_to_host())
+    protos = K.prototypes_from(d_size.copy_to_host(), d_top.copy_to_host(), d_low.copy_to_host(),
+                               d_off.copy_to_host())
+    if protos is None:  # a bucket spans more than MAXF: the reference computes its mean in scaled units
+        return None
+    used, wts, proto = protos
     proto_max = float(proto.max()) if proto.size else -np.inf
     tb = (bp, nb, start, lo, invw, G, _fast)
     cnt, sm = K.weighted_hist(proto, wts, tb, x.exact, nsl)

@@ -28,7 +28,7 @@ def ill_conditioned(p, delta, max_neg) -> bool:
     if delta < 1e-280:  # 1 / (2 delta) times a count or a logit sum could overflow
         return True
     scale = max(abs(float(p[0])) + delta, abs(float(p[-1])))
-    if max_neg >= p[0] - delta:
+    if max_neg >= float(p[0]) - delta:  # (Python floats: -inf without a warning)
         scale = max(scale, abs(float(max_neg)))
     return delta < ILL_CONDITIONED * scale
 
@@ -161,13 +161,15 @@ def numba_ranking(x: RankingInput, parallel=None):
     # bucketed (BRL Alg. 2): buckets between consecutive positives, prototypes = mean logits
     # (computed as the reference's make_buckets does: an offset from the largest member, clamped)
     above = x.tied_negatives == "above"
-    thr = p[0] - x.delta if x.threshold else -np.inf
+    thr = float(p[0]) - x.delta if x.threshold else -np.inf
     pdist, cum = K.distinct(p)
     ptb = K.make_table(pdist)
     kidx = np.empty(s.size, np.int32 if p.size < 2**31 - 1 else np.int64)
     assign = K.bucket_assign_par if nch > 1 else K.bucket_assign_ser
     assign(s, t, ptb, cum, thr, above, kidx, nch)
-    used, wts, proto = K.bucket_prototypes(s, kidx, p.size + 1)
+    used, wts, proto, ok = K.bucket_prototypes(s, kidx, p.size + 1)
+    if not ok:  # a bucket spans more than MAXF: the reference computes its mean in scaled units
+        return None
     proto_max = float(proto.max()) if proto.size else -np.inf
     cnt, sm = K.weighted_hist(proto, wts, tb, x.exact, nsl)
     A, B, gpos, rsum, ssum = K.positive_stage(p, y, rec.with_sort, cnt, sm, b, x.exact, x.delta, x.tie_value,

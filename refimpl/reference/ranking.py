@@ -161,7 +161,8 @@ def make_buckets(s_pos: np.ndarray, s_neg: np.ndarray, delta: float, *, threshol
     check_choice(tied_negatives, "tied_negatives", TIED_NEGATIVES_CHOICES)
     check_bool(threshold, "threshold")
     member = np.full(len(s_neg), -1, dtype=np.int64)
-    relevant = s_neg >= s_pos.min() - delta if threshold else np.ones(len(s_neg), dtype=bool)
+    with np.errstate(over="ignore"):  # min - delta may round to -inf: then every negative is relevant
+        relevant = s_neg >= s_pos.min() - delta if threshold else np.ones(len(s_neg), dtype=bool)
     pos_desc = -np.sort(-s_pos)
     # number of positives above each relevant negative = its bucket number (0-based);
     # a tied positive counts as above only with tied_negatives="below"
@@ -178,8 +179,20 @@ def make_buckets(s_pos: np.ndarray, s_neg: np.ndarray, delta: float, *, threshol
     low = np.full(len(used), np.inf)
     np.maximum.at(top, dense, members)
     np.minimum.at(low, dense, members)
-    offset = np.bincount(dense, weights=members - top[dense], minlength=len(used)) / size
+    with np.errstate(over="ignore", invalid="ignore"):  # a bucket spanning more than MAXF: see below
+        offset = np.bincount(dense, weights=members - top[dense], minlength=len(used)) / size
+    spans_overflow = ~np.isfinite(offset)
+    offset[spans_overflow] = 0.0
     prototype = np.clip(top + offset, low, top)
+    if spans_overflow.any():
+        # members more than MAXF apart (|logits| near 1e308 of both signs): the offsets overflow, so the
+        # mean comes from sums in units of 2^k (2^k >= 2 x bucket size: no sum overflows), which no
+        # finite mean can leave (it lies in [low, top]).  Exact halvings, so equal members still give
+        # exactly their value; the fast paths hand such calls to this reference.
+        k = int(np.ceil(np.log2(2.0 * size.max())))
+        scaled = np.bincount(dense, weights=np.ldexp(members, -k), minlength=len(used))
+        mean = np.ldexp(scaled / size, k)
+        prototype[spans_overflow] = np.clip(mean, low, top)[spans_overflow]
     return Buckets(member, prototype, size)
 
 

@@ -352,9 +352,13 @@ def bucket_offsets(s, kidx, top, nbk):
 def prototypes_from(size, top, low, off):
     """The prototypes of the non-empty buckets, exactly as the reference's ``make_buckets``
     computes them: the mean as an offset from the bucket's largest logit, clamped to
-    [smallest, largest] member.  Returns (indices of the non-empty buckets, sizes, prototypes)."""
+    [smallest, largest] member.  Returns (indices of the non-empty buckets, sizes, prototypes),
+    or None when an offset overflowed (a bucket spanning more than MAXF: the caller declines and
+    the reference, which computes those means in scaled units, decides)."""
     used = np.flatnonzero(size > 0)
     wts = size[used]
+    if not np.all(np.isfinite(off[used])):
+        return None
     proto = np.clip(top[used] + off[used] / wts, low[used], top[used])
     return used, wts, proto
 
@@ -362,13 +366,17 @@ def prototypes_from(size, top, low, off):
 @njit(**_OPTS)
 def bucket_prototypes(s, kidx, nbk):
     """:func:`bucket_extent`, :func:`bucket_offsets` and :func:`prototypes_from` in one call
-    (the same floating-point operations; fewer calls for small inputs)."""
+    (the same floating-point operations; fewer calls for small inputs).  Returns (used, sizes,
+    prototypes, ok); ``ok`` is False when an offset overflowed (see :func:`prototypes_from`)."""
     size, top, low = bucket_extent(s, kidx, nbk)
     off = bucket_offsets(s, kidx, top, nbk)
     nu = 0
+    ok = True
     for k in range(nbk):
         if size[k] > 0:
             nu += 1
+            if not (abs(off[k]) <= 1.7976931348623157e308):
+                ok = False
     used = np.empty(nu, np.int64)
     wts = np.empty(nu)
     proto = np.empty(nu)
@@ -379,7 +387,7 @@ def bucket_prototypes(s, kidx, nbk):
             wts[j] = size[k]
             proto[j] = min(max(top[k] + off[k] / size[k], low[k]), top[k])  # np.clip's operations
             j += 1
-    return used, wts, proto
+    return used, wts, proto, ok
 
 
 @njit(**_OPTS)
