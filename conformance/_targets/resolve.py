@@ -86,6 +86,9 @@ def import_code_for(obj):
         code = f"from {module} import {head}"
         if cls is obj:
             return code, qual, True
+        built = getattr(obj, "__rankspec_init__", None)  # an instance that says how it was built
+        if isinstance(built, str) and built.startswith(qual + "("):
+            return code + f"\ntarget = {built}", "target", True
         return code + f"\ntarget = {qual}()  # an instance like the one checked", "target", True
     name = getattr(obj, "__name__", None)
     if isinstance(name, str) and name.isidentifier() and name != "<lambda>":
