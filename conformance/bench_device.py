@@ -10,6 +10,9 @@ real scale on the CPU.  Options handled here (added to ``rankspec bench`` by :fu
 * ``--device cuda``: the torch adapters on CUDA tensors (``engine="cuda"`` and ``engine="torch"``)
   for L from 1e5 to 1e8 (as GPU memory allows) and P from 1e2 to 1e4, against torch.sort, with time
   and peak GPU memory (``torch.cuda.max_memory_allocated``).  Needs a GPU: a clean usage error otherwise.
+* ``--compare [LABEL=]TARGET`` (repeatable): another RS implementation -- typically the authors' code --
+  timed on the same tensors in the ``--torch-engine`` and ``--device cuda`` rows (:func:`compare_targets`);
+  one that raises on its first call gets a row saying so instead of timings.
 
 Ratios are measured round-robin in one run, as in :mod:`.bench`.  Results go to ``bench_extra.json``
 and ``bench_extra.txt`` in ``--output``.
@@ -25,7 +28,7 @@ import tracemalloc
 
 import numpy as np
 
-__all__ = ["add_arguments", "run_extra", "torch_engine_rows", "large_rows", "device_rows"]
+__all__ = ["add_arguments", "run_extra", "torch_engine_rows", "large_rows", "device_rows", "compare_targets"]
 
 CUDA_SIZES = (100_000, 1_000_000, 10_000_000, 30_000_000, 100_000_000)
 CUDA_POSITIVES = (100, 1000, 10_000)
@@ -38,6 +41,12 @@ def add_arguments(p):
                         "against torch.sort")
     g.add_argument("--large", action="store_true",
                    help="time exact RS on the numba engine at L=3e7, P=3000 against np.sort, with peak memory")
+    g.add_argument("--compare", action="append", default=[], metavar="[LABEL=]TARGET",
+                   help="also time another RS implementation on the same tensors in the --torch-engine and "
+                        "--device cuda rows (e.g. the authors' code: 'authors=path/to/ranking_losses.py:RankSort'); "
+                        "TARGET is 'package.module:attr' or 'file.py:attr': an autograd Function (its apply), a "
+                        "module class (instantiated without arguments) or a callable, called as "
+                        "f(logits, targets, 0.5); tuple outputs are summed before backward; repeatable")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: the torch adapters on CUDA tensors (engines cuda and torch) for L 1e5..1e8 and "
                         "P 1e2..1e4 against torch.sort, with peak GPU memory (needs a GPU)")
@@ -65,7 +74,68 @@ def _round_robin(cands, repeats):
     return times
 
 
-def torch_engine_rows(repeats=5, cases=((100_000, 5000), (1_000_000, 1000)), seed=0):
+def compare_targets(refs):
+    """``[(label, callable)]`` for ``--compare`` values ``[LABEL=]TARGET`` (see :func:`add_arguments`).
+    Raises :class:`~rankspec.conformance.commands._common.UsageError` naming the bad value."""
+    from .commands._common import UsageError
+    from ._targets.resolve import TargetError, resolve
+
+    out = []
+    for ref in refs or ():
+        label, sep, target = ref.partition("=")
+        if not sep:
+            label, target = "", ref
+        try:
+            obj = resolve(target)[0]
+        except TargetError as exc:
+            raise UsageError(f"--compare {ref!r}: {exc}") from None
+        import torch
+
+        if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
+            fn = obj.apply
+        elif isinstance(obj, type):
+            try:
+                fn = obj()
+            except Exception as exc:
+                raise UsageError(f"--compare {ref!r}: {obj.__name__}() failed ({type(exc).__name__}: {exc}); "
+                                 f"name a callable or an autograd Function instead") from None
+        elif callable(obj):
+            fn = obj
+        else:
+            raise UsageError(f"--compare {ref!r}: {type(obj).__name__} is not callable")
+        out.append((label or target.rsplit(":", 1)[1], fn))
+    return out
+
+
+def _compare_run(fn, x, y, sync=None):
+    """Forward + backward of one --compare implementation (tuple / list / dict outputs summed)."""
+    def run():
+        x.grad = None
+        out = fn(x, y, 0.5)
+        if isinstance(out, dict):
+            out = list(out.values())
+        if isinstance(out, (tuple, list)):
+            out = sum(o.sum() for o in out)
+        out.sum().backward()
+        if sync is not None:
+            sync()
+    return run
+
+
+def _guarded(cands):
+    """Drop (with a row saying why) --compare candidates that fail on their first call."""
+    kept, failed = [], []
+    for name, fn in cands:
+        try:
+            fn()
+        except Exception as exc:  # the compared code is not ours: report, do not crash the bench
+            failed.append((name, f"{type(exc).__name__}: {exc}"[:160]))
+            continue
+        kept.append((name, fn))
+    return kept, failed
+
+
+def torch_engine_rows(repeats=5, cases=((100_000, 5000), (1_000_000, 1000)), seed=0, compare=()):
     import torch
 
     from rankspec.adapters.torch import functional as TF
@@ -87,6 +157,9 @@ def torch_engine_rows(repeats=5, cases=((100_000, 5000), (1_000_000, 1000)), see
                 return run
             cands = [("torch.sort", lambda: torch.sort(x.detach())), ("rs torch engine", loss_fn("torch")),
                      ("rs numba engine", loss_fn("numba"))]
+            extra, failed = _guarded([(f"rs {label}", _compare_run(fn, x, y)) for label, fn in compare])
+            rows += [{"table": "torch-engine", "L": L, "row": f"{name} failed: {why}"} for name, why in failed]
+            cands += extra
             times = _round_robin(cands, repeats)
             base = min(times["torch.sort"])
             for name, ts in times.items():
@@ -120,7 +193,8 @@ def large_rows(repeats=5, L=30_000_000, P=3000, seed=0):
             for name, ts in times.items()]
 
 
-def device_rows(repeats=5, sizes=CUDA_SIZES, positives=CUDA_POSITIVES, seed=0, engines=("cuda", "torch")):
+def device_rows(repeats=5, sizes=CUDA_SIZES, positives=CUDA_POSITIVES, seed=0, engines=("cuda", "torch"),
+                compare=()):
     import torch
 
     from rankspec.adapters.torch import functional as TF
@@ -154,6 +228,10 @@ def device_rows(repeats=5, sizes=CUDA_SIZES, positives=CUDA_POSITIVES, seed=0, e
                 torch.sort(s)
                 torch.cuda.synchronize()
             cands = [("torch.sort", sort)] + [(f"rs engine={e}", loss_fn(e)) for e in engines]
+            extra, failed = _guarded([(f"rs {label}", _compare_run(fn, x, t, torch.cuda.synchronize))
+                                      for label, fn in compare])
+            rows += [{"table": "cuda", "L": L, "row": f"{name} failed: {why}"} for name, why in failed]
+            cands += extra
             times = _round_robin(cands, repeats)
             base = min(times["torch.sort"])
             for name, fn in cands:
@@ -192,13 +270,18 @@ def format_rows(rows):
 def run_extra(args):
     """Run the rows the options ask for; None when none was asked (the ordinary bench runs), else
     the exit code (the ordinary bench is skipped)."""
+    from .commands._common import UsageError
+
+    if getattr(args, "compare", None) and not (getattr(args, "torch_engine", False)
+                                               or getattr(args, "device", "cpu") == "cuda"):
+        raise UsageError("--compare times other implementations in the --torch-engine and --device cuda rows; "
+                         "add one of them")
     wanted = getattr(args, "torch_engine", False) or getattr(args, "large", False) or \
         getattr(args, "device", "cpu") == "cuda"
     if not wanted:
         return None
-    from .commands._common import UsageError
-
     repeats = args.repeats or 5
+    compare = compare_targets(getattr(args, "compare", None))
     rows = []
     if args.device == "cuda":
         import torch
@@ -209,9 +292,9 @@ def run_extra(args):
             raise UsageError("--device cuda needs a CUDA GPU visible to torch and numba.cuda (not the simulator); "
                              "none here")
         sizes = tuple(args.sizes) if args.sizes else CUDA_SIZES
-        rows += device_rows(repeats=repeats, sizes=sizes)
+        rows += device_rows(repeats=repeats, sizes=sizes, compare=compare)
     if args.torch_engine:
-        rows += torch_engine_rows(repeats=repeats)
+        rows += torch_engine_rows(repeats=repeats, compare=compare)
     if args.large:
         rows += large_rows(repeats=repeats)
     from .bench import machine_info

@@ -104,3 +104,73 @@ def test_run_bench_other_families_and_torch_rows():
     small = BenchConfig(sizes=(1500,), percents=(2.0,), losses=("ap",), backends=("torch",), repeats=1,
                         torch_max_size=1000)
     assert not any(r["backend"].startswith("torch") for r in run_bench(small, progress=False)["results"])
+
+
+_COMPARED = '''
+import torch
+from rankspec.adapters.torch import functional as TF
+
+
+class RankSort(torch.autograd.Function):
+    """The authors' signature: forward(ctx, logits, targets, delta_RS=0.5, eps=1e-10) -> (ranking, sorting)."""
+    @staticmethod
+    def forward(ctx, logits, targets, delta_RS=0.5, eps=1e-10):
+        with torch.enable_grad():
+            x = logits.detach().requires_grad_(True)
+            loss = TF.rs_loss(x, targets, delta_RS, engine="torch")
+            loss.backward()
+        ctx.save_for_backward(x.grad)
+        return loss.detach(), loss.detach() * 0
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        (g,) = ctx.saved_tensors
+        return g * g1, None, None, None
+
+
+class Module(torch.nn.Module):
+    def forward(self, logits, targets, delta):
+        return TF.rs_loss(logits, targets, delta, engine="torch")
+
+
+def broken(logits, targets, delta):
+    raise RuntimeError("not today")
+
+
+NOT_CALLABLE = 3
+'''
+
+
+def test_bench_compare_times_other_implementations_on_the_same_tensors(tmp_path):
+    pytest.importorskip("torch")
+    from rankspec.conformance import bench_device as B
+
+    path = tmp_path / "compared.py"
+    path.write_text(_COMPARED)
+    cmp = B.compare_targets([f"authors={path}:RankSort", f"{path}:Module", f"{path}:broken"])
+    assert [label for label, _ in cmp] == ["authors", "Module", "broken"]
+    rows = B.torch_engine_rows(repeats=1, cases=((3000, 30),), compare=cmp)
+    names = [r["row"] for r in rows]
+    assert "rs authors" in names and "rs Module" in names
+    # the compared code failing is a row that says so, not a crashed bench
+    assert any(n.startswith("rs broken failed: RuntimeError: not today") for n in names)
+    timed = {r["row"]: r for r in rows if "min_s" in r}
+    assert timed["rs authors"]["min_s"] > 0 and timed["torch.sort"]["ratio_min"] == 1.0
+
+
+@pytest.mark.parametrize("ref, msg", [("nothere.py:f", "does not exist"), ("{path}:NOT_CALLABLE", "not callable"),
+                                      ("{path}:missing", "has no attribute")])
+def test_bench_compare_usage_errors(tmp_path, ref, msg):
+    pytest.importorskip("torch")
+    path = tmp_path / "compared.py"
+    path.write_text(_COMPARED)
+    proc = subprocess.run([sys.executable, "-m", "rankspec.conformance.cli", "bench", "--torch-engine", "--compare",
+                           ref.format(path=path), "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--compare" in proc.stderr and msg in proc.stderr, proc.stderr
+
+
+def test_bench_compare_needs_rows_that_use_it(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rankspec.conformance.cli", "bench", "--compare", "x.py:f",
+                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "add one of them" in proc.stderr
