@@ -343,3 +343,30 @@ def test_a_bucket_spanning_more_than_the_largest_float_has_its_mean_as_prototype
     loss.backward()
     assert abs(float(loss.detach()) - 6 / 7) < 1e-15
     assert np.allclose(x.grad.numpy(), ref.grad, rtol=1e-12, atol=0)
+
+
+def test_torch_engine_bucket_means_do_not_depend_on_other_buckets():
+    """Found by the long fuzz sweep: bucketed AP on logits [0, 0, 0, 2^83 (1 - 2^-51), -1, -0.7579 (exact
+    bits below), 0 (positive), -1 (positive)], delta = 0.5.  The bucket above the positive 0 holds
+    {0, 0, 0, 9.7e24}; the next one {-0.7579, -1}.  Prefix sums over all buckets carried about
+    eps^2 x 2.9e25 = 1.4e-6 of the first bucket's offsets into the second's, and the loss came out
+    1.5e-9 off; each bucket is now summed on its own."""
+    torch = pytest.importorskip("torch")
+    from rankspec.adapters.torch import functional as TF
+
+    s = np.array([0.0, 0.0, 0.0, float.fromhex("0x1.ffffffffffffap+82"), -1.0, float.fromhex("-0x1.840c5504b8d3cp-1"),
+                  0.0, -1.0])
+    y = np.array([0.0, 0, 0, 0, 0, 0, 1, 1])
+    ref = bucketed_ap_loss(s, y, 0.5)
+    # by hand: prototypes 9.7e24 / 4 (H = 1 for both positives, weight 4) and m = (-0.7579 - 1) / 2
+    # (weight 2: H = 0 against the positive 0, H = (m + 1) / 1 + 1/2 against -1); rank+ = 1/2 (self, h0)
+    # for the positive 0 and 1/2 + 1 for -1 (the positive 0 lies above it by delta * 2)
+    m = (float.fromhex("-0x1.840c5504b8d3cp-1") - 1.0) / 2
+    nfp0, nfp1 = 4.0, 4.0 + 2 * ((m + 1.0) / 1.0 + 0.5)
+    by_hand = (nfp0 / (0.5 + nfp0) + nfp1 / (1.5 + nfp1)) / 2
+    assert abs(ref.loss - by_hand) < 1e-15
+    x = torch.tensor(s, requires_grad=True)
+    loss = TF.bucketed_ap_loss(x, torch.tensor(y), 0.5, engine="torch")
+    loss.backward()
+    assert abs(float(loss.detach()) - ref.loss) < 1e-15
+    assert np.allclose(x.grad.numpy(), ref.grad, rtol=1e-12, atol=1e-15)
