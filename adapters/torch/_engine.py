@@ -114,13 +114,11 @@ def compute(x: Parsed, *, sorting: bool, interpolated: bool = False, bucketed: b
     """Loss, flat float64 gradient and terms (as :func:`._ranking.compute`) on the chosen engine."""
     chosen = resolve_engine(x, engine)
     if chosen == "torch":
-        if not _ranking.needs_reference(x):
-            try:
-                return _ranking.compute(x, sorting=sorting, interpolated=interpolated, bucketed=bucketed,
-                                        threshold=threshold, tied_above=tied_above)
-            except _ranking.NeedsReference:
-                pass
-        # huge logits with a tiny delta, or a bucket spanning more than MAXF: the reference decides
+        try:
+            return _ranking.compute(x, sorting=sorting, interpolated=interpolated, bucketed=bucketed,
+                                    threshold=threshold, tied_above=tied_above)
+        except _ranking.NeedsReference:  # huge logits with a tiny delta, or a bucket wider than MAXF
+            pass
         return _numba_compute(x, _NAMES[(sorting, bucketed)], sorting=sorting, interpolated=interpolated,
                               threshold=threshold, tied_negatives="above" if tied_above else "below",
                               self_rank=self_rank, reference=True)
@@ -148,9 +146,9 @@ def _numba_compute(x: Parsed, name: str, *, sorting, interpolated, threshold, ti
     combination as the torch engine: mean over the K images with positives.  ``reference``: the
     NumPy reference instead (host copies of tensors on any device; the torch engine's fallback)."""
     if reference:
-        numba_loss = _reference_loss
+        one_ranking = _reference_loss
     else:
-        from rankspec.refimpl.fast._numba_backend import numba_loss
+        from rankspec.refimpl.fast._numba_backend import numba_loss as one_ranking
 
     s = x.logits.detach().cpu().numpy()
     y = x.targets.detach().cpu().numpy()
@@ -158,7 +156,7 @@ def _numba_compute(x: Parsed, name: str, *, sorting, interpolated, threshold, ti
     opts = dict(self_rank=self_rank, tie_value=x.tie_value, normalization=x.normalization, threshold=threshold,
                 tied_negatives=tied_negatives)
     if x.num_segments == 1:
-        r = numba_loss(name, s, y, x.delta, interpolated, **opts)
+        r = one_ranking(name, s, y, x.delta, interpolated, **opts)
         loss, grad, terms = r.loss, r.grad, {k: r.terms[k] for k in names}
     else:
         seg = x.segments.detach().cpu().numpy()
@@ -172,7 +170,7 @@ def _numba_compute(x: Parsed, name: str, *, sorting, interpolated, threshold, ti
             start = end
             if not np.any(y[idx] > 0):
                 continue  # an image without positives: no loss, zero gradient
-            r = numba_loss(name, s[idx], y[idx], x.delta, interpolated, **opts)
+            r = one_ranking(name, s[idx], y[idx], x.delta, interpolated, **opts)
             K += 1
             loss += r.loss
             grad[idx] = r.grad

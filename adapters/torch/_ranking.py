@@ -65,13 +65,16 @@ PIECE_RTOL = 1e-12
 BIG = 2.0 ** 960
 #: ... and the scaled delta must stay at least this large (a normal number with 52 bits to spare, so
 #: that the values that matter against it -- logits within delta of a positive -- lose no bit that
-#: counts); below it the call runs the NumPy reference on the host instead (:func:`needs_reference`).
+#: counts); below it :func:`compute` raises :class:`NeedsReference` and the NumPy reference decides.
 TINY_DELTA = 2.0 ** -970
 
 
 class NeedsReference(Exception):
-    """Raised by :func:`compute` for an input its arithmetic cannot hold (see :func:`needs_reference`,
-    :func:`_buckets`); :func:`rankspec.adapters.torch._engine.compute` then runs the reference."""
+    """Raised by :func:`compute` for an input its arithmetic cannot hold: logits near the float64 limit
+    with a delta that the units of :func:`arithmetic_unit` would make smaller than :data:`TINY_DELTA`
+    (e.g. a logit of 2^961 and delta = 2^-997), or a bucket spanning more than the largest float64
+    (:func:`_buckets`).  :func:`rankspec.adapters.torch._engine.compute` then runs the reference on the
+    host (O(P N), as the numba backend does for its ill-conditioned calls)."""
 
 
 def arithmetic_unit(lo: float, hi: float, delta: float) -> float:
@@ -83,18 +86,6 @@ def arithmetic_unit(lo: float, hi: float, delta: float) -> float:
         return 1.0
     _, k = math.frexp(m / BIG)  # m / BIG = f 2^k, 1/2 <= f < 1  (m / BIG <= 2^64: no overflow)
     return math.ldexp(1.0, -k)
-
-
-def needs_reference(x: Parsed) -> bool:
-    """True when the scaled arithmetic of :func:`compute` would lose bits that count: logits near the
-    float64 limit together with a delta so small that, in the units of :func:`arithmetic_unit`, it
-    would be subnormal (e.g. a logit of 2^961 and delta = 2^-997).  The engine then hands the call to
-    the reference (O(P N) on the host, as the numba backend does for its ill-conditioned calls)."""
-    if not x.delta > 0 or x.logits.numel() == 0:
-        return False
-    lo, hi = (float(v) for v in torch.aminmax(x.logits))
-    unit = arithmetic_unit(lo, hi, x.delta)
-    return unit < 1.0 and x.delta * unit < TINY_DELTA
 
 
 @dataclass
@@ -929,13 +920,15 @@ def compute(x: Parsed, *, sorting: bool, interpolated: bool = False, bucketed: b
     # H((s_j - s_i) / (2 delta)) is scale-free: the ranking arithmetic runs on logits and delta in
     # units of the smallest power of two that keeps them below BIG when they are huge, so that no
     # difference, centre or sum overflows (exact for normal numbers; values that become subnormal lose
-    # only bits far below delta's rounding, as long as the scaled delta stays above TINY_DELTA:
-    # needs_reference says when it would not).  Comparisons that decide a discrete choice (which
+    # only bits far below delta's rounding, as long as the scaled delta stays above TINY_DELTA; where
+    # it would not, the reference decides).  Comparisons that decide a discrete choice (which
     # negatives count, bucket membership) use the logits as given.
     unit = 1.0
     if delta > 0 and s.numel():
         lo, hi = (float(v) for v in torch.aminmax(s))
         unit = arithmetic_unit(lo, hi, delta)
+        if unit < 1.0 and delta * unit < TINY_DELTA:
+            raise NeedsReference("logits near the float64 limit with a delta too small for their units")
     zero = torch.zeros((), dtype=F64, device=device)
     grad = torch.zeros_like(s)
     names = ("ranking", "sorting") if sorting else ("ranking",)
